@@ -1,0 +1,19 @@
+import os
+
+import jax
+import pytest
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_default_matmul_precision", "highest")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TESTVECTORS = os.environ.get(
+    "PANDA_TESTVECTORS", os.path.normpath(os.path.join(HERE, "..", "..", "shared", "testvectors"))
+)
+
+
+@pytest.fixture(scope="session")
+def testvectors():
+    if not os.path.isdir(TESTVECTORS):
+        pytest.fail(f"test vectors not found at {TESTVECTORS}; set PANDA_TESTVECTORS")
+    return TESTVECTORS
