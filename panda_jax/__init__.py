@@ -1,0 +1,34 @@
+"""panda-jax: parts and appearances in GAN feature maps (PandA, Oldfield et al., ICLR 2023) in JAX.
+
+Fit appearances ``A [C, R_C]`` and non-negative parts ``P [S, R_S]`` to feature maps
+``[N, H, W, C]`` (:func:`fit`, :func:`fit_stream`), refine parts per sample (:func:`refine`),
+edit locally (:func:`edit`), localise concepts (:func:`saliency`, :func:`localize`) and measure
+locality (:func:`roir`).
+"""
+
+from .edit import direction, edit, edit_sweep, part_map
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    DivergenceError,
+    FactorsError,
+    FeatureError,
+    LayerError,
+    PandaError,
+    RankError,
+)
+from .factorize import FitResult, fit, fit_stream, hosvd_init, loss, naive_loss
+from .factors import Factors, load_factors, load_original, save_factors, save_original
+from .localize import localize, remove_background, resize_maps, saliency
+from .metrics import part_stats, reconstruction_error, roir
+from .refine import refine
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError", "ConfigError", "DivergenceError", "Factors", "FactorsError", "FeatureError",
+    "FitResult", "LayerError", "PandaError", "RankError", "direction", "edit", "edit_sweep", "fit",
+    "fit_stream", "hosvd_init", "load_factors", "load_original", "localize", "loss", "naive_loss",
+    "part_map", "part_stats", "reconstruction_error", "refine", "remove_background", "resize_maps",
+    "roir", "saliency", "save_factors", "save_original",
+]
