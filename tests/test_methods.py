@@ -1,0 +1,182 @@
+"""Edits, saliency, masks, ROIR, factor files and bad input, on small hand-checked cases."""
+
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import panda_jax as pj
+
+
+def tiny_factors():
+    # C = 3 channels, a 2 x 3 layer, 2 appearances, 2 parts
+    A = jnp.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    P = jnp.array([[2.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.0, 1.0], [0.0, 3.0], [0.0, 0.0]])
+    return pj.Factors(A, P, 2, 3, {"model": "toy", "layer": 1})
+
+
+def test_part_map_is_min_max_normalised_sum():
+    f = tiny_factors()
+    np.testing.assert_allclose(pj.part_map(f, 0), [[1.0, 0.5, 0.0], [0.0, 0.0, 0.0]])
+    # parts summed, then normalised: [2, 1, 0, 1, 3, 0] / 3
+    np.testing.assert_allclose(pj.part_map(f, [0, 1]), np.array([[2, 1, 0], [1, 3, 0]]) / 3.0, rtol=1e-6)
+
+
+def test_edit_adds_appearance_at_part():
+    f = tiny_factors()
+    Z = jnp.zeros((2, 2, 3, 3))
+    out = pj.edit(Z, f, part=0, appearance=1, alpha=4.0)
+    want = np.zeros((2, 3, 3))
+    want[0, 0, 1], want[0, 1, 1] = 4.0, 2.0
+    np.testing.assert_allclose(out[0], want)
+    np.testing.assert_allclose(out[1], want)
+
+
+def test_several_triples_sum_and_mask_replaces_part():
+    f = tiny_factors()
+    Z = jnp.ones((1, 2, 3, 3))
+    out = pj.edit(Z, f, part=[0, 1], appearance=[0, 1], alpha=[1.0, -3.0])
+    d = np.asarray(out[0] - 1.0)
+    np.testing.assert_allclose(d[..., 0], [[1.0, 0.5, 0.0], [0.0, 0.0, 0.0]])
+    np.testing.assert_allclose(d[..., 1], -3.0 * np.array([[0, 0, 0], [1 / 3, 1.0, 0]]), rtol=1e-6)
+    mask = jnp.array([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    out = pj.edit(Z, f, appearance=0, alpha=2.0, mask=mask)
+    np.testing.assert_allclose(out[0, ..., 0] - 1.0, 2.0 * mask)
+
+
+def test_edit_sweep_batches_alphas():
+    f = tiny_factors()
+    Z = jnp.zeros((2, 2, 3, 3))
+    out = pj.edit_sweep(Z, f, part=1, appearance=0, alphas=[-1.0, 0.0, 2.0])
+    assert out.shape == (3, 2, 2, 3, 3)
+    np.testing.assert_allclose(out[2, 0, 1, 1, 0], 2.0)
+    np.testing.assert_allclose(out[0, 1, 1, 1, 0], -1.0)
+    assert float(jnp.abs(out[1]).max()) == 0.0
+
+
+def test_saliency_and_localize_mean_threshold():
+    f = tiny_factors()
+    Z = jnp.arange(2 * 2 * 3 * 3, dtype=jnp.float32).reshape(2, 2, 3, 3)
+    s = pj.saliency(Z, f)
+    assert s.shape == (2, 2, 3, 2)
+    np.testing.assert_allclose(s[..., 0], Z[..., 0])
+    np.testing.assert_allclose(s[..., 1], Z[..., 1])
+    m = pj.localize(s)
+    assert m.dtype == bool
+    # mean of channel 0 over everything is 16.5: the second sample is above it
+    assert not bool(m[0, ..., 0].any()) and bool(m[1, ..., 0].all())
+    m2 = pj.localize(s, threshold=jnp.array([0.0, 100.0]))
+    assert bool(m2[..., 0].all()) and not bool(m2[..., 1].any())
+
+
+def test_remove_background():
+    imgs = jnp.zeros((1, 4, 4, 3))
+    bg = jnp.zeros((1, 2, 2), bool).at[0, 0, 0].set(True)  # low-res mask, resized
+    out = pj.remove_background(imgs, bg)
+    assert float(out[0, :2, :2].min()) == 1.0 and float(out[0, 2:, :].max()) == 0.0
+
+
+def test_roir_hand_checked():
+    x = jnp.zeros((2, 2, 2, 1))
+    y = x.at[0, 0, 0, 0].set(3.0).at[0, 1, 1, 0].set(1.0).at[1, 0, 0, 0].set(2.0).at[1, 0, 1, 0].set(2.0)
+    mask = jnp.array([[1.0, 0.0], [0.0, 0.0]])
+    # sample 0: inside 3, outside 1 -> 3 ; sample 1: inside 2, outside 2 -> 1 ; mean 2
+    assert pj.roir(mask, x, y) == pytest.approx(2.0)
+
+
+def test_factors_round_trip(tmp_path):
+    f = tiny_factors()
+    path = pj.save_factors(str(tmp_path / "f.npz"), f)
+    g = pj.load_factors(path)
+    np.testing.assert_array_equal(g.appearance, f.appearance)
+    np.testing.assert_array_equal(g.parts, f.parts)
+    assert (g.height, g.width, g.meta) == (2, 3, {"model": "toy", "layer": 1})
+    assert [p.name for p in tmp_path.iterdir()] == ["f.npz"]  # no temporary left behind
+
+
+def test_original_npy_pair_both_ways(tmp_path):
+    A = np.random.default_rng(0).normal(size=(8, 5)).astype(np.float32)
+    P = np.abs(np.random.default_rng(1).normal(size=(16, 3))).astype(np.float32)
+    uc = tmp_path / "Uc-name_stylegan2_ffhq1024-layer_5-rank_5.npy"
+    us = tmp_path / "Us-name_stylegan2_ffhq1024-layer_5-rank_3.npy"
+    np.save(uc, A)
+    np.save(us, P)
+    f = pj.load_original(str(uc), str(us))
+    assert (f.height, f.width) == (4, 4)
+    assert f.meta == {"model": "stylegan2_ffhq1024", "layer": 5}
+    out = tmp_path / "out"
+    p1, p2 = pj.save_original(str(out), f)
+    assert os.path.basename(p1) == uc.name and os.path.basename(p2) == us.name
+    np.testing.assert_array_equal(np.load(p1), A)
+    np.testing.assert_array_equal(np.load(p2), P)
+
+
+def test_metrics():
+    f = tiny_factors()
+    stats = pj.part_stats(f)
+    assert stats["parts"][0]["centroid"] == pytest.approx((0.0, 1 / 3))
+    assert stats["mean_max_overlap"] == 0.0
+    Z = jnp.ones((1, 2, 3, 3))
+    e = pj.reconstruction_error(Z, f)
+    A, P = np.asarray(f.appearance), np.asarray(f.parts)
+    Zi = np.ones((3, 6))
+    want = np.sum((Zi - A @ A.T @ Zi @ P @ P.T) ** 2) / Zi.size
+    assert e == pytest.approx(want, rel=1e-6)
+
+
+# ---- bad input -------------------------------------------------------------------------------
+
+GOOD = np.random.default_rng(0).normal(size=(2, 4, 4, 6)).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "kwargs, err, words",
+    [
+        (dict(features=GOOD[0], ranks=(2, 2)), pj.FeatureError, "4-D"),
+        (dict(features=np.where(np.arange(6) == 2, np.nan, GOOD), ranks=(2, 2)), pj.FeatureError, "NaN"),
+        (dict(features=np.where(np.arange(6) == 2, np.inf, GOOD), ranks=(2, 2)), pj.FeatureError, "NaN/inf"),
+        (dict(features=GOOD, ranks=(7, 2)), pj.RankError, "R_C = 7"),
+        (dict(features=GOOD, ranks=(2, 17)), pj.RankError, "R_S = 17"),
+        (dict(features=GOOD, ranks=(0, 2)), pj.RankError, "positive"),
+        (dict(features=GOOD, ranks=(2, 2), steps=0), pj.ConfigError, "steps"),
+        (dict(features=GOOD, ranks=(2, 2), lr=-1.0), pj.ConfigError, "lr"),
+        (dict(features=GOOD, ranks=(2, 2), lr="fast"), pj.ConfigError, "lr"),
+        (dict(features=GOOD, ranks=(2, 2), method="sgd"), pj.ConfigError, "method"),
+        (dict(features=GOOD, ranks=(2, 2), init=pj.Factors(np.zeros((6, 2)), np.zeros((9, 2)), 3, 3)),
+         pj.FactorsError, "3x3"),
+    ],
+)
+def test_bad_fit_input_gets_a_named_error(kwargs, err, words):
+    with pytest.raises(err) as e:
+        pj.fit(**kwargs)
+    assert words in str(e.value)
+    assert isinstance(e.value, pj.PandaError)
+
+
+def test_divergence_names_step_and_size():
+    with pytest.raises(pj.DivergenceError, match=r"step \d+ with step size 1000.0"):
+        pj.fit(GOOD * 100, (3, 2), steps=20, lr=1e3)
+
+
+def test_bad_factors_and_files(tmp_path):
+    f = tiny_factors()
+    with pytest.raises(pj.FactorsError, match="2x3x3"):
+        pj.saliency(np.zeros((1, 4, 4, 3), np.float32), f)
+    with pytest.raises(pj.ConfigError, match="part index 5"):
+        pj.edit(np.zeros((1, 2, 3, 3), np.float32), f, part=5, appearance=0)
+    with pytest.raises(pj.ConfigError, match="appearance index 9"):
+        pj.edit(np.zeros((1, 2, 3, 3), np.float32), f, part=0, appearance=9)
+    with pytest.raises(pj.FactorsError, match="does not exist"):
+        pj.load_factors(str(tmp_path / "missing.npz"))
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip file at all")
+    with pytest.raises(pj.FactorsError, match="not a panda-jax factors file"):
+        pj.load_factors(str(junk))
+    np.save(tmp_path / "uc.npy", np.zeros((4, 2), np.float32))
+    np.save(tmp_path / "us.npy", np.zeros((10, 2), np.float32))
+    with pytest.raises(pj.FactorsError, match="not a square layer"):
+        pj.load_original(str(tmp_path / "uc.npy"), str(tmp_path / "us.npy"))
+    with pytest.raises(pj.FactorsError, match="2-D float"):
+        np.save(tmp_path / "bad.npy", np.zeros((3,), np.float32))
+        pj.load_original(str(tmp_path / "bad.npy"), str(tmp_path / "us.npy"))
