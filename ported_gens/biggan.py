@@ -1,0 +1,647 @@
+"""BigGAN-deep (the HuggingFace ``pytorch-pretrained-BigGAN`` generator) in Flax NNX.
+
+Architecture (NHWC throughout)::
+
+    stem:    cond = [z, classes @ embeddings]               # [N, 2 * z_dim]
+             x = (cond @ gen_z + b).reshape(N, 4, 4, 16 * ch)
+    blocks:  x = blocks[0] ... blocks[M-1](x)               # GenBlocks, SelfAttn at attention_layer_position
+    head:    img = tanh(conv_to_rgb(relu(bn(x))))           # 3x3 conv to RGB
+
+A GenBlock is the bottleneck residual block of BigGAN-deep: four (class-conditional batch norm,
+ReLU, conv) stages with 1x1, 3x3, 3x3, 1x1 kernels (nearest x2 upsampling before the first 3x3
+conv when ``up``), and a skip path that keeps the first half of the channels when the block
+halves them and is upsampled the same way.
+
+Layer indices are the original PandA code's: ``Z`` at layer ``l`` is the output of
+``blocks[l-1]`` (the original's ``generator.layers[l-1]``), the self-attention module counted,
+for ``l = 1 .. M-1``. Resuming at ``l`` needs
+the conditioning vector and the batch-norm statistics selection; both travel in ``ctx``
+(``cond`` [N, 2*z_dim], ``bn_rows`` int32 [N, 2], ``bn_weights`` float32 [N, 2]).
+
+Spectral normalisation is baked into the weights when converting (``convert/biggan.py``): the
+original's eval path divides each weight by ``u . (W v)`` with its stored ``u`` and ``v`` and never
+iterates, so the converted weights are exactly those effective weights.
+
+Batch-norm statistics. The original stores running means and variances for ``n_stats``
+truncation values and picks them as ``coef, i = modf(truncation / (1 / (n_stats - 1)))`` in
+Python float64: row ``i`` alone when ``coef == 0``, else ``row_i * coef + row_{i+1} * (1 - coef)``
+(the weights are the reverse of a linear interpolation; that is what the pretrained models were
+run with, so it is kept). :func:`bn_selection` computes this on the host in float64 from the
+Python float ``truncation`` (a float32 truncation, 0.699999988 for 0.7, would select other rows);
+the selection is then an input array, so one compiled function serves every truncation and a
+batch may even mix truncations.
+
+Compilation. :meth:`BigGAN.features`, :meth:`BigGAN.render` and :meth:`BigGAN.generate` run
+stage by stage (stem, each block, head), each stage a compiled program cached per input shape:
+choosing another layer, resuming from it or generating reuses the same programs instead of
+compiling a new whole-network program per layer. Inside an outer ``jit`` the stages inline.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from functools import lru_cache, partial
+from importlib import resources
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from panda_jax.errors import ConfigError, FeatureError
+
+from .base import Buffer, Generator, Latents, as_latents, register_family
+
+# The BigGAN-deep 128x128 block list: (upsample, input channel multiplier, output multiplier).
+DEEP_128_LAYERS = (
+    (False, 16, 16), (True, 16, 16), (False, 16, 16), (True, 16, 8), (False, 8, 8),
+    (True, 8, 4), (False, 4, 4), (True, 4, 2), (False, 2, 2), (True, 2, 1),
+)
+
+CTX_KEYS = ("cond", "bn_rows", "bn_weights")
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+# ---- ops --------------------------------------------------------------------------------
+
+
+def _zeros(*shape):
+    return jnp.zeros(shape, jnp.float32)
+
+
+def _row(v):
+    """``[C]`` -> ``[1, 1, 1, C]`` (explicit, the project forbids implicit rank promotion)."""
+    return v.reshape(1, 1, 1, -1)
+
+
+def _per_sample(v):
+    """``[N, C]`` -> ``[N, 1, 1, C]``."""
+    return v[:, None, None, :]
+
+
+def _up2(x):
+    """Nearest-neighbour x2 upsampling (``F.interpolate(scale_factor=2, mode='nearest')``)."""
+    n, h, w, c = x.shape
+    return jnp.broadcast_to(x[:, :, None, :, None, :], (n, h, 2, w, 2, c)).reshape(n, 2 * h, 2 * w, c)
+
+
+def _pool2(x):
+    """2x2 max pooling, stride 2."""
+    n, h, w, c = x.shape
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def _pointwise(x, kernel):
+    """A 1x1 convolution with a ``[C_in, C_out]`` kernel."""
+    return jnp.einsum("nhwc,cd->nhwd", x, kernel)
+
+
+def _stats(table, rows, weights):
+    """Per-sample statistics ``[N, C]`` from the ``[n_stats, C]`` table: the original's
+    ``table[i] * coef + table[i + 1] * (1 - coef)`` with ``rows = (i, i + 1)`` and
+    ``weights = (coef, 1 - coef)`` (or ``(i, .)`` and ``(1, 0)``)."""
+    return table[rows[:, 0]] * weights[:, 0:1] + table[rows[:, 1]] * weights[:, 1:2]
+
+
+def bn_selection(truncation: float, n_stats: int) -> tuple[tuple[int, int], tuple[float, float]]:
+    """Rows of the stored batch-norm statistics and their weights for ``truncation``, exactly
+    as the original selects them (Python float64 ``math.modf``, reversed weights)."""
+    coef, start = math.modf(truncation / (1.0 / (n_stats - 1)))
+    start = int(start)
+    if coef != 0.0:
+        return (start, start + 1), (coef, 1.0 - coef)
+    return (start, min(start + 1, n_stats - 1)), (1.0, 0.0)
+
+
+def check_truncation(truncation) -> float:
+    if isinstance(truncation, bool) or not isinstance(truncation, (int, float, np.floating, np.integer)):
+        raise ConfigError(
+            f"truncation {truncation!r} is not a number; give a Python float in (0, 1], e.g. 1.0 or 0.7"
+        )
+    t = float(truncation)
+    if not 0.0 < t <= 1.0:
+        raise ConfigError(f"truncation {t!r} is outside (0, 1]; BigGAN has batch-norm statistics only for 0 < truncation <= 1")
+    return t
+
+
+# ---- modules ----------------------------------------------------------------------------
+
+
+class _Linear(nnx.Module):
+    def __init__(self, cin: int, cout: int):
+        self.kernel = nnx.Param(_zeros(cin, cout))
+        self.bias = nnx.Param(_zeros(cout))
+
+    def __call__(self, x):
+        return x @ self.kernel[...] + self.bias[...][None, :]
+
+
+class _Conv(nnx.Module):
+    """A convolution with bias; ``kernel`` is ``[C_in, C_out]`` (1x1) or HWIO ``[3, 3, C_in, C_out]``."""
+
+    def __init__(self, cin: int, cout: int, size: int):
+        self.size = size
+        self.kernel = nnx.Param(_zeros(cin, cout) if size == 1 else _zeros(size, size, cin, cout))
+        self.bias = nnx.Param(_zeros(cout))
+
+    def __call__(self, x):
+        if self.size == 1:
+            y = _pointwise(x, self.kernel[...])
+        else:
+            p = self.size // 2
+            y = jax.lax.conv_general_dilated(x, self.kernel[...], (1, 1), ((p, p), (p, p)), dimension_numbers=_DN)
+        return y + _row(self.bias[...])
+
+
+class _CondBatchNorm(nnx.Module):
+    """Class-conditional batch norm with stored statistics per truncation:
+    ``(x - mean) / sqrt(var + eps) * (1 + cond @ scale) + cond @ offset``.
+
+    A block computes the per-sample gain and shift of its four batch norms at once
+    (:func:`_cond_affines`: one matmul instead of eight); this module holds the parameters."""
+
+    def __init__(self, channels: int, cond_dim: int, n_stats: int, eps: float):
+        self.eps = eps
+        self.scale = nnx.Param(_zeros(cond_dim, channels))
+        self.offset = nnx.Param(_zeros(cond_dim, channels))
+        self.means = Buffer(_zeros(n_stats, channels))
+        self.vars = Buffer(jnp.ones((n_stats, channels), jnp.float32))
+
+
+def _cond_affines(bns, cond, rows, weights):
+    """``[(gain, shift)]`` ``[N, C]`` per batch norm in ``bns``, so that the normalised output is
+    ``x * gain + shift``: every gain and shift from one matmul and one statistics gather."""
+    if not bns:
+        return []
+    sizes = [bn.means.shape[1] for bn in bns]
+    eps = bns[0].eps  # one eps for the whole generator
+    kernel = jnp.concatenate([bn.scale[...] for bn in bns] + [bn.offset[...] for bn in bns], axis=1)
+    mean = _stats(jnp.concatenate([bn.means[...] for bn in bns], axis=1), rows, weights)
+    var = _stats(jnp.concatenate([bn.vars[...] for bn in bns], axis=1), rows, weights)
+    total = sum(sizes)
+    both = cond @ kernel
+    gain = (1.0 + both[:, :total]) * jax.lax.rsqrt(var + eps)
+    shift = both[:, total:] - mean * gain
+    out, at = [], 0
+    for c in sizes:
+        out.append((gain[:, at : at + c], shift[:, at : at + c]))
+        at += c
+    return out
+
+
+def _affine(x, gain_shift):
+    gain, shift = gain_shift
+    return x * _per_sample(gain) + _per_sample(shift)
+
+
+class _BatchNorm(nnx.Module):
+    """The final, unconditional batch norm (same statistics selection)."""
+
+    def __init__(self, channels: int, n_stats: int, eps: float):
+        self.eps = eps
+        self.weight = nnx.Param(_zeros(channels))
+        self.bias = nnx.Param(_zeros(channels))
+        self.means = Buffer(_zeros(n_stats, channels))
+        self.vars = Buffer(jnp.ones((n_stats, channels), jnp.float32))
+
+    def __call__(self, x, rows, weights):
+        mean = _stats(self.means[...], rows, weights)
+        var = _stats(self.vars[...], rows, weights)
+        gain = self.weight[...][None, :] * jax.lax.rsqrt(var + self.eps)
+        shift = self.bias[...][None, :] - mean * gain
+        return x * _per_sample(gain) + _per_sample(shift)
+
+
+class _GenBlock(nnx.Module):
+    def __init__(self, cin: int, cout: int, cond_dim: int, up: bool, n_stats: int, eps: float):
+        mid = cin // 4
+        self.up = bool(up)
+        self.drop_channels = cin != cout
+        self.bn_0 = _CondBatchNorm(cin, cond_dim, n_stats, eps)
+        self.conv_0 = _Conv(cin, mid, 1)
+        self.bn_1 = _CondBatchNorm(mid, cond_dim, n_stats, eps)
+        self.conv_1 = _Conv(mid, mid, 3)
+        self.bn_2 = _CondBatchNorm(mid, cond_dim, n_stats, eps)
+        self.conv_2 = _Conv(mid, mid, 3)
+        self.bn_3 = _CondBatchNorm(mid, cond_dim, n_stats, eps)
+        self.conv_3 = _Conv(mid, cout, 1)
+
+    def __call__(self, x, cond, rows, weights):
+        affines = _cond_affines([self.bn_0, self.bn_1, self.bn_2, self.bn_3], cond, rows, weights)
+        h = self.conv_0(jax.nn.relu(_affine(x, affines[0])))
+        h = jax.nn.relu(_affine(h, affines[1]))
+        if self.up:
+            h = _up2(h)
+        h = self.conv_1(h)
+        h = self.conv_2(jax.nn.relu(_affine(h, affines[2])))
+        h = self.conv_3(jax.nn.relu(_affine(h, affines[3])))
+        skip = x[..., : x.shape[-1] // 2] if self.drop_channels else x
+        if self.up:
+            skip = _up2(skip)
+        return h + skip
+
+
+class _SelfAttention(nnx.Module):
+    """SAGAN self-attention: keys and values max-pooled 2x2, ``x + gamma * o(attn @ g)``."""
+
+    def __init__(self, channels: int):
+        self.theta = nnx.Param(_zeros(channels, channels // 8))
+        self.phi = nnx.Param(_zeros(channels, channels // 8))
+        self.g = nnx.Param(_zeros(channels, channels // 2))
+        self.o = nnx.Param(_zeros(channels // 2, channels))
+        self.gamma = nnx.Param(jnp.zeros((), jnp.float32))
+
+    def __call__(self, x, cond=None, rows=None, weights=None):
+        n, h, w, c = x.shape
+        theta = _pointwise(x, self.theta[...]).reshape(n, h * w, c // 8)
+        phi = _pool2(_pointwise(x, self.phi[...])).reshape(n, h * w // 4, c // 8)
+        attn = jax.nn.softmax(jnp.einsum("nsc,ntc->nst", theta, phi), axis=-1)
+        g = _pool2(_pointwise(x, self.g[...])).reshape(n, h * w // 4, c // 2)
+        attn_g = jnp.einsum("nst,ntc->nsc", attn, g).reshape(n, h, w, c // 2)
+        return x + self.gamma[...] * _pointwise(attn_g, self.o[...])
+
+
+class _Stem(nnx.Module):
+    """``cond = [z, classes @ embeddings]`` and the 4x4 input ``(cond @ gen_z + b)``."""
+
+    def __init__(self, num_classes: int, z_dim: int, channels: int):
+        self.embeddings = nnx.Param(_zeros(num_classes, z_dim))
+        self.gen_z = _Linear(2 * z_dim, 16 * channels)
+
+    def __call__(self, z, classes):
+        cond = jnp.concatenate([z, classes @ self.embeddings[...]], axis=1)
+        return self.gen_z(cond).reshape(z.shape[0], 4, 4, -1), cond
+
+
+class _Head(nnx.Module):
+    """Batch norm, ReLU, 3x3 conv to RGB (the 3 channels the original keeps), tanh."""
+
+    def __init__(self, channels: int, n_stats: int, eps: float):
+        self.bn = _BatchNorm(channels, n_stats, eps)
+        # The original's conv_to_rgb has `channels` outputs and keeps the first 3; only those are stored.
+        self.conv_to_rgb = _Conv(channels, 3, 3)
+
+    def __call__(self, x, rows, weights):
+        return jnp.tanh(self.conv_to_rgb(jax.nn.relu(self.bn(x, rows, weights))))
+
+
+@partial(jax.jit, static_argnums=(0,))
+def _apply(graphdef, state, args):
+    """One stage (stem, block, head) under ``jit``: compiled once per stage and input shape, so
+    every layer choice of :meth:`BigGAN.features` / :meth:`BigGAN.render` reuses the programs."""
+    return nnx.merge(graphdef, state)(*args)
+
+
+def _staged(module, *args):
+    graphdef, state = nnx.split(module)
+    return _apply(graphdef, state, args)
+
+
+def _direct(module, *args):
+    return module(*args)
+
+
+# ---- config -----------------------------------------------------------------------------
+
+
+def _check_config(output_dim, z_dim, channel_width, num_classes, layers, attention_layer_position, eps, n_stats):
+    """Normalise and validate the constructor config; returns the block list as tuples."""
+    for name, v in (("output_dim", output_dim), ("z_dim", z_dim), ("channel_width", channel_width),
+                    ("num_classes", num_classes), ("n_stats", n_stats), ("attention_layer_position", attention_layer_position)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 or (v == 0 and name != "attention_layer_position"):
+            raise ConfigError(f"BigGAN config {name}={v!r} is not a positive integer")
+    if n_stats < 2:
+        raise ConfigError(f"BigGAN config n_stats={n_stats} must be at least 2 (statistics for truncations 0..1)")
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
+        raise ConfigError(f"BigGAN config eps={eps!r} must be a positive float")
+    try:
+        blocks = tuple((bool(u), int(a), int(b)) for u, a, b in layers)
+        if any(not isinstance(u, (bool, np.bool_)) for u, _, _ in layers):
+            raise TypeError
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"BigGAN config layers={layers!r} is not a list of [upsample (bool), in_mult (int), out_mult (int)]"
+        ) from None
+    if not blocks:
+        raise ConfigError("BigGAN config layers is empty; it needs at least one [upsample, in_mult, out_mult] block")
+    ch = int(channel_width)
+    prev = 16
+    for i, (up, a, b) in enumerate(blocks):
+        if a != prev:
+            raise ConfigError(
+                f"BigGAN config layers[{i}] takes {a} x channel_width channels but the previous stage gives {prev}; "
+                "each block's in_mult must equal the previous out_mult (16 for the first block)"
+            )
+        if b != a and 2 * b != a:
+            raise ConfigError(f"BigGAN config layers[{i}]={[up, a, b]}: out_mult must equal in_mult or be half of it")
+        if (ch * a) % 4:
+            raise ConfigError(f"BigGAN config layers[{i}]: {ch * a} channels are not divisible by 4 (bottleneck width)")
+        prev = b
+    if prev != 1:
+        raise ConfigError(f"BigGAN config layers end with out_mult {prev}; the last block must give 1 x channel_width channels")
+    if ch < 3:
+        raise ConfigError(f"BigGAN config channel_width={ch} is below 3; the RGB head keeps the first 3 channels")
+    ups = sum(u for u, _, _ in blocks)
+    if 4 * 2**ups != output_dim:
+        raise ConfigError(
+            f"BigGAN config output_dim={output_dim} does not match the {ups} upsampling blocks in layers "
+            f"(4 * 2^{ups} = {4 * 2**ups})"
+        )
+    if attention_layer_position < len(blocks):
+        c_att = ch * blocks[attention_layer_position][1]
+        if c_att % 8:
+            raise ConfigError(f"BigGAN self-attention needs channels divisible by 8, got {c_att}")
+    return blocks
+
+
+# ---- the generator ----------------------------------------------------------------------
+
+
+@register_family("biggan")
+class BigGAN(Generator):
+    """BigGAN-deep; the constructor takes the HuggingFace ``config.json`` fields."""
+
+    def __init__(
+        self,
+        *,
+        output_dim: int = 128,
+        z_dim: int = 128,
+        class_embed_dim: int = 128,
+        channel_width: int = 128,
+        num_classes: int = 1000,
+        layers=DEEP_128_LAYERS,
+        attention_layer_position: int = 8,
+        eps: float = 1e-4,
+        n_stats: int = 51,
+    ):
+        blocks = _check_config(output_dim, z_dim, channel_width, num_classes, layers, attention_layer_position, eps, n_stats)
+        super().__init__(
+            dict(
+                output_dim=int(output_dim),
+                z_dim=int(z_dim),
+                class_embed_dim=int(class_embed_dim),  # stored by the original, unused by its model
+                channel_width=int(channel_width),
+                num_classes=int(num_classes),
+                layers=[list(b) for b in blocks],
+                attention_layer_position=int(attention_layer_position),
+                eps=float(eps),
+                n_stats=int(n_stats),
+            )
+        )
+        ch, cond_dim = int(channel_width), 2 * int(z_dim)
+        self._z_dim = int(z_dim)
+        self.num_classes = int(num_classes)
+        self.n_stats = int(n_stats)
+        self.stem = _Stem(int(num_classes), int(z_dim), 16 * ch)
+
+        modules, kinds, shapes = [], [], []
+        res = 4
+        for i, (up, a, b) in enumerate(blocks):
+            if i == attention_layer_position:
+                modules.append(_SelfAttention(ch * a))
+                kinds.append("attention")
+                shapes.append((res, res, ch * a))
+            modules.append(_GenBlock(ch * a, ch * b, cond_dim, up, n_stats, float(eps)))
+            kinds.append("block")
+            res *= 2 if up else 1
+            shapes.append((res, res, ch * b))
+        self.blocks = nnx.List(modules)
+        self.kinds = tuple(kinds)
+        self.output_shapes = tuple(shapes)
+        self.head = _Head(ch, int(n_stats), float(eps))
+
+    # ---- interface ----------------------------------------------------------------------
+    @property
+    def z_dim(self) -> int:
+        return self._z_dim
+
+    def _layer_shapes(self):
+        return {l: self.output_shapes[l - 1] for l in range(1, len(self.kinds))}
+
+    def _inputs(self, lat):
+        """``(z [N, z_dim], classes [N, num_classes])`` float32, or a ConfigError."""
+        if not isinstance(lat, (Latents, tuple)):
+            raise ConfigError(
+                "BigGAN needs a class for every sample, but a bare z was given; pass "
+                "Latents(z, classes) (classes one-hot [N, num_classes] or class indices [N]) "
+                "or draw both with G.sample_latents(key, n, classes=...)"
+            )
+        lat = as_latents(lat)
+        if lat.classes is None:
+            raise ConfigError(
+                "BigGAN needs a class for every sample, but Latents.classes is None; pass "
+                "Latents(z, classes) or draw both with G.sample_latents(key, n, classes=...)"
+            )
+        z = jnp.asarray(lat.z)
+        c = jnp.asarray(lat.classes)
+        if z.ndim != 2 or z.shape[1] != self._z_dim:
+            raise ConfigError(f"z has shape {tuple(z.shape)}; this BigGAN expects [N, {self._z_dim}]")
+        if c.ndim == 1 and jnp.issubdtype(c.dtype, jnp.integer):
+            c = jax.nn.one_hot(c, self.num_classes, dtype=jnp.float32)
+        if c.shape != (z.shape[0], self.num_classes):
+            raise ConfigError(
+                f"classes have shape {tuple(c.shape)}; expected [N, {self.num_classes}] class vectors "
+                f"(or [N] integer class indices) for the {z.shape[0]} latents"
+            )
+        return z.astype(jnp.float32), c.astype(jnp.float32)
+
+    def bn_ctx(self, truncation: float, n: int):
+        """``(bn_rows int32 [n, 2], bn_weights float32 [n, 2])`` for ``truncation`` (host-side, float64)."""
+        rows, weights = bn_selection(check_truncation(truncation), self.n_stats)
+        return (
+            np.broadcast_to(np.asarray(rows, np.int32), (n, 2)).copy(),
+            np.broadcast_to(np.asarray(weights, np.float32), (n, 2)).copy(),
+        )
+
+    def _forward(self, z, classes, rows, weights, stop: int, call=_direct):
+        """``(x, cond)`` after ``blocks[:stop]``."""
+        x, cond = call(self.stem, z, classes)
+        return self._resume(x, 0, stop, cond, rows, weights, call), cond
+
+    def _resume(self, x, start: int, stop: int, cond, rows, weights, call=_direct):
+        for i in range(start, stop):
+            x = call(self.blocks[i], x, cond, rows, weights)
+        return x
+
+    def _ctx(self, cond, rows, weights):
+        return {"cond": cond, "bn_rows": rows, "bn_weights": weights}
+
+    # Generator contract (one program per call; the public methods below run stage by stage).
+    def _features(self, lat, layer, truncation):
+        z, c = self._inputs(lat)
+        rows, weights = (jnp.asarray(a) for a in self.bn_ctx(truncation, z.shape[0]))
+        x, cond = self._forward(z, c, rows, weights, layer)
+        return x, self._ctx(cond, rows, weights)
+
+    def _generate(self, lat, truncation):
+        z, c = self._inputs(lat)
+        rows, weights = (jnp.asarray(a) for a in self.bn_ctx(truncation, z.shape[0]))
+        x, _ = self._forward(z, c, rows, weights, len(self.kinds))
+        return self.head(x, rows, weights)
+
+    def _render(self, Z, layer, ctx):
+        x = self._resume(Z, layer, len(self.kinds), ctx["cond"], ctx["bn_rows"], ctx["bn_weights"])
+        return self.head(x, ctx["bn_rows"], ctx["bn_weights"])
+
+    # ---- public API (truncation resolved on the host, so one compilation serves all) ----
+    def features(self, lat, layer: int, truncation: float = 1.0):
+        """``(Z, ctx)``: ``Z`` ``[N, H, W, C]`` at ``layer``; ``ctx`` holds the cond vector and the
+        batch-norm statistics selection for ``truncation``."""
+        layer = self.check_layer(layer)
+        z, c = self._inputs(lat)
+        rows, weights = self.bn_ctx(truncation, z.shape[0])
+        x, cond = self._forward(z, c, rows, weights, layer, _staged)
+        return x, self._ctx(cond, jnp.asarray(rows), jnp.asarray(weights))
+
+    def generate(self, lat, truncation: float = 1.0):
+        """The image ``[N, H, W, 3]`` in [-1, 1]."""
+        z, c = self._inputs(lat)
+        rows, weights = self.bn_ctx(truncation, z.shape[0])
+        x, _ = self._forward(z, c, rows, weights, len(self.kinds), _staged)
+        return _staged(self.head, x, rows, weights)
+
+    def render(self, Z, layer: int, ctx: dict):
+        """The image from resuming at ``layer`` with (possibly edited) ``Z`` and the ``ctx`` that
+        :meth:`features` returned."""
+        layer = self.check_layer(layer)
+        if not isinstance(ctx, dict) or any(k not in ctx for k in CTX_KEYS):
+            have = sorted(ctx) if isinstance(ctx, dict) else type(ctx).__name__
+            raise ConfigError(
+                f"BigGAN ctx must hold {list(CTX_KEYS)} (got {have}); pass the ctx that G.features returned"
+            )
+        Z = jnp.asarray(Z)
+        want = self.output_shapes[layer - 1]
+        n = ctx["cond"].shape[0]
+        if Z.shape != (n, *want):
+            raise FeatureError(
+                f"Z has shape {tuple(Z.shape)}; layer {layer} of this BigGAN takes [{n}, {want[0]}, {want[1]}, {want[2]}] "
+                "(NHWC, as G.features returns it)"
+            )
+        rows, weights = ctx["bn_rows"], ctx["bn_weights"]
+        x = self._resume(Z, layer, len(self.kinds), ctx["cond"], rows, weights, _staged)
+        return _staged(self.head, x, rows, weights)
+
+    def sample_latents(self, key, n: int, classes=None, truncation: float = 1.0) -> Latents:
+        """``Latents(z, one_hot_classes)``: ``z`` truncated normal in [-2, 2] times ``truncation``
+        (the original's ``truncated_noise_sample``, drawn with a JAX key); ``classes`` ImageNet
+        class indices or names (one, or one per sample), random classes when ``None``."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ConfigError(f"n={n!r} is not a positive number of samples")
+        n = int(n)
+        t = check_truncation(truncation)
+        idx = None if classes is None else jnp.asarray(class_indices(classes, n, self.num_classes))
+        return _draw(key, n, self._z_dim, self.num_classes, np.float32(t), idx)
+
+
+@partial(jax.jit, static_argnums=(1, 2, 3))
+def _draw(key, n, z_dim, num_classes, truncation, idx):
+    kz, kc = jax.random.split(key)
+    z = truncation * jax.random.truncated_normal(kz, -2.0, 2.0, (n, z_dim), jnp.float32)
+    if idx is None:
+        idx = jax.random.randint(kc, (n,), 0, num_classes)
+    return Latents(z, jax.nn.one_hot(idx, num_classes, dtype=jnp.float32))
+
+
+# ---- ImageNet class names ---------------------------------------------------------------
+
+
+def _norm(name: str) -> str:
+    return " ".join(name.replace("_", " ").lower().split())
+
+
+@lru_cache(maxsize=1)
+def imagenet_classes() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``((wordnet_id, (name, synonyms...)), ...)`` for the 1000 ImageNet classes, in index order."""
+    text = resources.files("ported_gens").joinpath("imagenet_classes.txt").read_text(encoding="utf-8")
+    out = []
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        idx, wnid, names = line.split("\t")
+        assert int(idx) == len(out), "imagenet_classes.txt is out of order"
+        out.append((wnid, tuple(s.strip() for s in names.split(","))))
+    return tuple(out)
+
+
+@lru_cache(maxsize=1)
+def _name_table():
+    table: dict[str, list[tuple[int, bool]]] = {}
+    for i, (wnid, names) in enumerate(imagenet_classes()):
+        table.setdefault(wnid.lower(), []).append((i, True))
+        for j, name in enumerate(names):
+            table.setdefault(_norm(name), []).append((i, j == 0))
+    return table
+
+
+def _describe(i: int) -> str:
+    return f"{imagenet_classes()[i][1][0]!r} ({i})"
+
+
+def class_index(name: str) -> int:
+    """The ImageNet class index of a class name, synonym or WordNet id (case-insensitive,
+    ``_`` = space). Unknown or ambiguous names raise a ConfigError listing candidates."""
+    key = _norm(name)
+    hits = _name_table().get(key, [])
+    primary = sorted({i for i, main in hits if main})
+    cands = primary or sorted({i for i, _ in hits})
+    if len(cands) == 1:
+        return cands[0]
+    if cands:
+        raise ConfigError(
+            f"ImageNet class name {name!r} is ambiguous: " + ", ".join(_describe(i) for i in cands)
+            + "; pass the class index instead"
+        )
+    table = _name_table()
+    names = [k for k in table if not (k.startswith("n") and k[1:].isdigit())]
+    close = difflib.get_close_matches(key, names, n=6, cutoff=0.6)
+    words = set(key.split())
+    close += [k for k in names if words and words <= set(k.replace("-", " ").split()) and k not in close]
+    seen, listed = set(), []
+    for k in close:
+        for i, _ in table[k]:
+            if i not in seen:
+                seen.add(i)
+                listed.append(f"{k!r} ({i})")
+    hint = ("; close matches: " + ", ".join(listed[:12])) if listed else ""
+    raise ConfigError(
+        f"unknown ImageNet class name {name!r}{hint}; pass one of these names, a WordNet id such as "
+        "'n02119022', or a class index 0..999"
+    )
+
+
+def class_indices(classes, n: int, num_classes: int = 1000) -> np.ndarray:
+    """``classes`` (an index, a name, or a sequence/array of them, one or ``n``) -> int32 ``[n]``."""
+    if isinstance(classes, (str, int, np.integer)) and not isinstance(classes, bool):
+        items = [classes]
+    elif isinstance(classes, (list, tuple)):
+        items = list(classes)
+    elif isinstance(classes, (np.ndarray, jax.Array)) and np.ndim(classes) <= 1:
+        arr = np.asarray(classes)
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise ConfigError(f"class indices must be integers, got an array of {arr.dtype}")
+        items = [int(v) for v in np.atleast_1d(arr)]
+    else:
+        raise ConfigError(
+            f"classes={classes!r} is not understood; give a class index, an ImageNet class name, "
+            "or a list of them (one, or one per sample)"
+        )
+    if len(items) == 1:
+        items = items * n
+    if len(items) != n:
+        raise ConfigError(f"{len(items)} classes given for {n} samples; give one class or one per sample")
+    out = []
+    for c in items:
+        if isinstance(c, str):
+            if num_classes != 1000:
+                raise ConfigError(
+                    f"class names are ImageNet's 1000 classes but this model has {num_classes} classes; pass indices"
+                )
+            out.append(class_index(c))
+        elif isinstance(c, (int, np.integer)) and not isinstance(c, bool):
+            if not 0 <= int(c) < num_classes:
+                raise ConfigError(f"class index {int(c)} is outside 0..{num_classes - 1}")
+            out.append(int(c))
+        else:
+            raise ConfigError(f"class {c!r} is neither an index nor a class name")
+    return np.asarray(out, np.int32)
