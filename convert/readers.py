@@ -5,11 +5,14 @@
   ``init_kwargs.json`` beside a state dict is attached to it (:class:`StateDict`).
 - NVlabs network pickles (``.pkl``): an allow-listed unpickler that turns persistent network
   objects into plain records without running their embedded source (:func:`read_nvlabs_pickle`).
+- HuggingFace model folders (``config.json`` + ``pytorch_model.bin``): the JSON config and the
+  weights read as above.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from typing import Any
 
@@ -485,9 +488,53 @@ def state_dict(record: dict, prefix: str = "") -> dict[str, np.ndarray]:
     return out
 
 
+HF_WEIGHTS = "pytorch_model.bin"
+HF_CONFIG = "config.json"
+
+
 def read_hf_folder(path: str) -> Any:
-    """A HuggingFace model folder (``config.json`` + ``pytorch_model.bin``)."""
-    raise CheckpointError(f"{path!r} is a folder; HuggingFace model folders are not supported yet")
+    """A HuggingFace model folder (``config.json`` + ``pytorch_model.bin``, as
+    pytorch-pretrained-BigGAN writes them; the .bin in the zip or the legacy torch format).
+
+    Returns ``{"kind": "hf_folder", "path": path, "config": {...}, "state_dict": {key: array}}``.
+    """
+    present = sorted(os.listdir(path))
+    listing = ", ".join(present[:10]) + (" ..." if len(present) > 10 else "") if present else "nothing"
+    weights = os.path.join(path, HF_WEIGHTS)
+    config_path = os.path.join(path, HF_CONFIG)
+    if not os.path.isfile(weights):
+        raise CheckpointError(
+            f"folder {path!r} has no {HF_WEIGHTS} (it holds: {listing}); a HuggingFace model folder needs "
+            f"{HF_WEIGHTS} and {HF_CONFIG}. Put the weights file there, or give the path of a checkpoint file"
+        )
+    if not os.path.isfile(config_path):
+        raise CheckpointError(
+            f"folder {path!r} has {HF_WEIGHTS} but no {HF_CONFIG} (it holds: {listing}); put the {HF_CONFIG} "
+            f"that came with the weights beside it, or convert {weights!r} itself (the config is then "
+            "inferred from the tensor shapes)"
+        )
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(
+            f"{config_path!r} is not valid JSON ({type(e).__name__}: {e}); restore the {HF_CONFIG} that came with the weights"
+        ) from None
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"{config_path!r} holds a JSON {type(config).__name__}, not an object of model settings; "
+            f"restore the {HF_CONFIG} that came with the weights"
+        )
+    try:
+        state_dict = read_torch(weights)
+    except CheckpointError as e:
+        raise CheckpointError(f"in HuggingFace folder {path!r}: {e}") from None
+    if not isinstance(state_dict, dict) or not all(isinstance(v, np.ndarray) for v in state_dict.values()):
+        raise CheckpointError(
+            f"{weights!r} is not a state dict (a mapping of names to tensors) but a {type(state_dict).__name__}; "
+            "save the model's state_dict() as pytorch_model.bin"
+        )
+    return {"kind": "hf_folder", "path": path, "config": config, "state_dict": dict(state_dict)}
 
 
 def read(path: str) -> Any:

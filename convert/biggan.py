@@ -1,0 +1,328 @@
+"""HuggingFace pytorch-pretrained-BigGAN (BigGAN-deep) -> :mod:`ported_gens.biggan`.
+
+Sources: a HuggingFace folder (``config.json`` + ``pytorch_model.bin``, read by
+:func:`convert.readers.read_hf_folder`), whose config is checked against the tensor shapes; or a
+bare state dict, whose config is inferred from the shapes (upsampling in every second block, the
+BigGAN-deep pattern of the 128/256/512 models).
+
+Key map (torch -> Flax; ``sn(p)`` = ``p.weight_orig / (p.weight_u . (W v))`` with
+``W = weight_orig.reshape(out, -1)`` and ``v = p.weight_v``, the original's eval-mode spectral
+norm, computed once here)::
+
+    embeddings.weight [z, K]                    -> stem/embeddings [K, z]
+    generator.gen_z.*  [256 ch, 2z]             -> stem/gen_z/kernel = sn.T, stem/gen_z/bias
+    generator.layers.{j}.bn_{k}.scale|offset.*  -> blocks/{j}/bn_{k}/scale|offset = sn.T  [2z, C]
+    generator.layers.{j}.bn_{k}.running_means|running_vars -> blocks/{j}/bn_{k}/means|vars [n_stats, C]
+    generator.layers.{j}.conv_{0,3}.*           -> blocks/{j}/conv_{k}/kernel = sn[:, :, 0, 0].T, bias
+    generator.layers.{j}.conv_{1,2}.*           -> blocks/{j}/conv_{k}/kernel = sn as HWIO, bias
+    generator.layers.{a}.snconv1x1_{theta,phi,g,o_conv}.* -> blocks/{a}/{theta,phi,g,o} = sn[:, :, 0, 0].T
+    generator.layers.{a}.gamma [1]              -> blocks/{a}/gamma []
+    generator.bn.weight|bias|running_means|running_vars -> head/bn/weight|bias|means|vars
+    generator.conv_to_rgb.* [ch, ch, 3, 3]      -> head/conv_to_rgb/kernel = sn[:3] as HWIO, bias[:3]
+
+Only the 3 RGB channels of ``conv_to_rgb`` are kept (the original computes ``ch`` and slices);
+its spectral norm is taken over the full weight first, as the original does.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import numpy as np
+
+from panda_jax.errors import CheckpointError, ConfigError
+
+from .common import check_keymap, fill
+
+NAME = "biggan"
+
+_CONFIG_DEFAULTS = {
+    "output_dim": 128,
+    "z_dim": 128,
+    "class_embed_dim": 128,
+    "channel_width": 128,
+    "num_classes": 1000,
+    "layers": None,  # required
+    "attention_layer_position": 8,
+    "eps": 1e-4,
+    "n_stats": 51,
+}
+_SN = ("weight_orig", "weight_u", "weight_v")
+_ATTN = (("theta", "snconv1x1_theta"), ("phi", "snconv1x1_phi"), ("g", "snconv1x1_g"), ("o", "snconv1x1_o_conv"))
+
+
+def _sn(prefix: str) -> tuple[str, ...]:
+    return tuple(f"{prefix}.{s}" for s in _SN)
+
+
+# ---- transforms: (on arrays, on shapes) --------------------------------------------------
+
+
+def _spectral_normalized(w, u, v):
+    """``w / (u . (W v))`` exactly as torch's spectral norm computes it in eval mode."""
+    from .readers import _require_torch
+
+    torch = _require_torch()
+    wt = torch.from_numpy(np.ascontiguousarray(w))
+    sigma = torch.dot(torch.from_numpy(np.ascontiguousarray(u)), torch.mv(wt.reshape(wt.shape[0], -1), torch.from_numpy(np.ascontiguousarray(v))))
+    return (wt / sigma).numpy()
+
+
+_TRANSFORMS = {
+    "copy": (lambda a: a, lambda s: s),
+    "T": (lambda a: a.T, lambda s: s[::-1]),
+    "scalar": (lambda a: a.reshape(()), lambda s: ()),
+    "rgb_bias": (lambda b: b[:3], lambda s: (min(s[0], 3),)),
+    "sn_T": (lambda w, u, v: _spectral_normalized(w, u, v).T, lambda s, su, sv: s[::-1]),
+    "sn_1x1": (
+        lambda w, u, v: _spectral_normalized(w, u, v)[:, :, 0, 0].T,
+        lambda s, su, sv: (s[1], s[0]) if s[2:] == (1, 1) else ("1x1 kernel",) + s,
+    ),
+    "sn_3x3": (
+        lambda w, u, v: _spectral_normalized(w, u, v).transpose(2, 3, 1, 0),
+        lambda s, su, sv: (s[2], s[3], s[1], s[0]),
+    ),
+    "sn_rgb": (
+        lambda w, u, v: _spectral_normalized(w, u, v)[:3].transpose(2, 3, 1, 0),
+        lambda s, su, sv: (s[2], s[3], s[1], min(s[0], 3)),
+    ),
+}
+
+
+def key_map(config: Mapping) -> list[tuple[str, str, tuple[str, ...]]]:
+    """``[(flax_path, transform, source_keys)]`` for a BigGAN of ``config``."""
+    entries = [
+        ("stem/embeddings", "T", ("embeddings.weight",)),
+        ("stem/gen_z/kernel", "sn_T", _sn("generator.gen_z")),
+        ("stem/gen_z/bias", "copy", ("generator.gen_z.bias",)),
+    ]
+    j = 0
+    for i, _ in enumerate(config["layers"]):
+        if i == config["attention_layer_position"]:
+            p = f"generator.layers.{j}"
+            entries += [(f"blocks/{j}/{ours}", "sn_1x1", _sn(f"{p}.{theirs}")) for ours, theirs in _ATTN]
+            entries.append((f"blocks/{j}/gamma", "scalar", (f"{p}.gamma",)))
+            j += 1
+        p = f"generator.layers.{j}"
+        for k in range(4):
+            bn, conv = f"{p}.bn_{k}", f"{p}.conv_{k}"
+            entries += [
+                (f"blocks/{j}/bn_{k}/scale", "sn_T", _sn(f"{bn}.scale")),
+                (f"blocks/{j}/bn_{k}/offset", "sn_T", _sn(f"{bn}.offset")),
+                (f"blocks/{j}/bn_{k}/means", "copy", (f"{bn}.running_means",)),
+                (f"blocks/{j}/bn_{k}/vars", "copy", (f"{bn}.running_vars",)),
+                (f"blocks/{j}/conv_{k}/kernel", "sn_1x1" if k in (0, 3) else "sn_3x3", _sn(conv)),
+                (f"blocks/{j}/conv_{k}/bias", "copy", (f"{conv}.bias",)),
+            ]
+        j += 1
+    entries += [
+        ("head/bn/weight", "copy", ("generator.bn.weight",)),
+        ("head/bn/bias", "copy", ("generator.bn.bias",)),
+        ("head/bn/means", "copy", ("generator.bn.running_means",)),
+        ("head/bn/vars", "copy", ("generator.bn.running_vars",)),
+        ("head/conv_to_rgb/kernel", "sn_rgb", _sn("generator.conv_to_rgb")),
+        ("head/conv_to_rgb/bias", "rgb_bias", ("generator.conv_to_rgb.bias",)),
+    ]
+    return entries
+
+
+def _missing(entries, keys) -> list[str]:
+    return sorted({k for _, _, src in entries for k in src if k not in keys})
+
+
+def _raise_missing(missing, what):
+    shown = ", ".join(missing[:12]) + (f" (+{len(missing) - 12} more)" if len(missing) > 12 else "")
+    raise CheckpointError(
+        f"the {what} lacks tensors a BigGAN-deep of its config needs: {shown}. Likely cause: the config "
+        "does not belong to these weights, or the file is truncated; use the config.json that came with the weights"
+    )
+
+
+def map_shapes(shapes: Mapping[str, tuple], config: Mapping, what: str = "checkpoint"):
+    """``({flax_path: shape}, used_source_keys)`` from source shapes alone (no weights needed)."""
+    entries = key_map(config)
+    shapes = {k: tuple(int(d) for d in s) for k, s in shapes.items()}
+    missing = _missing(entries, shapes)
+    if missing:
+        _raise_missing(missing, what)
+    out, used, bad = {}, set(), []
+    for path, kind, src in entries:
+        s = [shapes[k] for k in src]
+        if kind.startswith("sn_"):
+            w, u, v = s
+            if len(w) < 2 or u != (w[0],) or v != (math.prod(w[1:]),):
+                bad.append(f"{src[0]} {w} with {src[1]} {u} and {src[2]} {v}")
+                continue
+        out[path] = tuple(_TRANSFORMS[kind][1](*s))
+        used.update(src)
+    if bad:
+        raise CheckpointError(
+            f"the {what} has spectral-norm vectors that do not fit their weights: " + "; ".join(bad[:8])
+            + ". Fix: the file is damaged or not a pytorch-pretrained-BigGAN checkpoint"
+        )
+    return out, used
+
+
+def map_arrays(state_dict: Mapping[str, np.ndarray], config: Mapping, what: str = "checkpoint"):
+    """``({flax_path: array}, used_source_keys)``: the converted parameters."""
+    entries = key_map(config)
+    missing = _missing(entries, state_dict)
+    if missing:
+        _raise_missing(missing, what)
+    out, used = {}, set()
+    for path, kind, src in entries:
+        arrays = [np.asarray(state_dict[k], np.float32) for k in src]
+        out[path] = _TRANSFORMS[kind][0](*arrays)
+        used.update(src)
+    return out, used
+
+
+# ---- config -----------------------------------------------------------------------------
+
+
+def _shape(shapes, key, what):
+    if key not in shapes:
+        raise CheckpointError(
+            f"the {what} has no {key!r}, so it is not a pytorch-pretrained-BigGAN (BigGAN-deep) state dict; "
+            "give a HuggingFace BigGAN folder (config.json + pytorch_model.bin) or pass --arch for another family"
+        )
+    return tuple(shapes[key])
+
+
+def infer_config(shapes: Mapping[str, tuple], what: str = "checkpoint") -> dict:
+    """The constructor config read off the tensor shapes. Upsampling flags are not visible in
+    shapes; they follow the BigGAN-deep pattern (every second block), which fixes ``output_dim``."""
+    z_dim, num_classes = _shape(shapes, "embeddings.weight", what)
+    out, cond_dim = _shape(shapes, "generator.gen_z.weight_orig", what)
+    if out % 256 or cond_dim != 2 * z_dim:
+        raise CheckpointError(
+            f"the {what}'s generator.gen_z.weight_orig is {[out, cond_dim]}; BigGAN-deep expects "
+            f"[256 x channel_width, 2 x z_dim = {2 * z_dim}]"
+        )
+    ch = out // 256
+    n_stats = _shape(shapes, "generator.bn.running_means", what)[0]
+    modules = sorted({int(k.split(".")[2]) for k in shapes if k.startswith("generator.layers.")})
+    if modules != list(range(len(modules))):
+        raise CheckpointError(f"the {what}'s generator.layers indices {modules} are not 0..{len(modules) - 1}")
+    attention = [j for j in modules if f"generator.layers.{j}.snconv1x1_theta.weight_orig" in shapes]
+    if len(attention) > 1:
+        raise CheckpointError(f"the {what} has self-attention at generator.layers {attention}; BigGAN-deep has one")
+    layers = []
+    for j in modules:
+        if j in attention:
+            continue
+        c_in = _shape(shapes, f"generator.layers.{j}.bn_0.running_means", what)[1]
+        c_out = _shape(shapes, f"generator.layers.{j}.conv_3.weight_orig", what)[0]
+        if c_in % ch or c_out % ch:
+            raise CheckpointError(
+                f"the {what}'s generator.layers.{j} maps {c_in} -> {c_out} channels, not multiples of channel_width {ch}"
+            )
+        layers.append([len(layers) % 2 == 1, c_in // ch, c_out // ch])
+    ups = sum(up for up, _, _ in layers)
+    return {
+        "output_dim": 4 * 2**ups,
+        "z_dim": int(z_dim),
+        "class_embed_dim": int(z_dim),
+        "channel_width": int(ch),
+        "num_classes": int(num_classes),
+        "layers": layers,
+        "attention_layer_position": attention[0] if attention else len(layers),
+        "eps": 1e-4,
+        "n_stats": int(n_stats),
+    }
+
+
+def config_from_json(cfg: Mapping, where: str) -> dict:
+    """The constructor config from a HuggingFace ``config.json`` (the original's defaults for
+    absent fields, unknown fields ignored, as ``BigGANConfig.from_dict`` does)."""
+    out = {k: cfg.get(k, v) for k, v in _CONFIG_DEFAULTS.items()}
+    if out["layers"] is None:
+        raise CheckpointError(f"{where} has no 'layers' list; restore the config.json that came with the weights")
+    return out
+
+
+def _differences(a: Mapping, b: Mapping, keys) -> list[str]:
+    diffs = []
+    for k in keys:
+        if k == "layers":
+            la = [[bool(x[0]), int(x[1]), int(x[2])] for x in a[k]]
+            lb = [[bool(x[0]), int(x[1]), int(x[2])] for x in b[k]]
+            if [x[1:] for x in la] != [x[1:] for x in lb]:
+                diffs.append(f"layers (in/out channel multipliers) {[x[1:] for x in la]} vs {[x[1:] for x in lb]}")
+            elif [x[0] for x in la] != [x[0] for x in lb]:
+                diffs.append(f"layers (upsampling flags) {[x[0] for x in la]} vs {[x[0] for x in lb]}")
+        elif a.get(k) != b.get(k):
+            diffs.append(f"{k} {a.get(k)!r} vs {b.get(k)!r}")
+    return diffs
+
+
+_SHAPE_KEYS = ("z_dim", "num_classes", "channel_width", "n_stats", "attention_layer_position", "layers")
+
+
+def _zoo_names_for(config) -> list[str]:
+    from ported_gens import zoo
+
+    keys = [k for k in _CONFIG_DEFAULTS if k != "class_embed_dim"]
+    return [n for n, (fam, cfg) in zoo.ZOO.items() if fam == NAME and cfg and not _differences(cfg, config, keys)]
+
+
+# ---- the converter ----------------------------------------------------------------------
+
+
+def _state_dict_of(obj):
+    if isinstance(obj, dict) and obj.get("kind") == "hf_folder":
+        return obj.get("state_dict")
+    return obj
+
+
+def claims(obj) -> bool:
+    sd = _state_dict_of(obj)
+    return isinstance(sd, dict) and "generator.gen_z.weight_orig" in sd and "embeddings.weight" in sd
+
+
+def to_generator(obj, arch: str | None = None):
+    """The Flax BigGAN of a HuggingFace folder record or a bare state dict, every tensor checked."""
+    from ported_gens import zoo
+    from ported_gens.base import abstract
+
+    sd = _state_dict_of(obj)
+    if not isinstance(sd, dict) or not all(isinstance(v, np.ndarray) for v in sd.values()):
+        raise CheckpointError(
+            f"expected a BigGAN-deep state dict or HuggingFace folder, got {type(sd).__name__}; "
+            "give the folder holding config.json and pytorch_model.bin"
+        )
+    hf = isinstance(obj, dict) and obj.get("kind") == "hf_folder"
+    what = f"checkpoint in {obj.get('path')!r}" if hf else "state dict"
+    shapes = {k: np.shape(v) for k, v in sd.items()}
+    inferred = infer_config(shapes, what)
+    if hf:
+        where = f"{obj.get('path')!r}/config.json"
+        config = config_from_json(obj["config"], where)
+        diffs = _differences(config, inferred, _SHAPE_KEYS)
+        if diffs:
+            raise CheckpointError(
+                f"{where} disagrees with the weights in pytorch_model.bin (config vs weights): "
+                + "; ".join(diffs)
+                + ". Fix: use the config.json that came with these weights"
+            )
+    else:
+        config = inferred
+    if arch:
+        expected = zoo.config_of(arch)
+        diffs = _differences(expected, config, [k for k in expected if k != "class_embed_dim"])
+        if diffs:
+            match = _zoo_names_for(config)
+            fix = f"pass --arch {match[0]} or omit --arch" if match else "omit --arch to use the checkpoint's own config"
+            raise CheckpointError(
+                f"--arch {arch} does not match this checkpoint ({arch} vs checkpoint): " + "; ".join(diffs) + f". Fix: {fix}"
+            )
+    try:
+        model = abstract(NAME, config)
+    except ConfigError as e:
+        raise CheckpointError(f"the {what} has an unusable BigGAN config: {e}") from None
+    hint = "a config.json from another BigGAN resolution, or a truncated pytorch_model.bin"
+    params_shapes, used = map_shapes(shapes, config, what)
+    check_keymap(model, params_shapes, source_keys=sd.keys(), used=used, what=what, hint=hint)
+    params, used = map_arrays(sd, config, what)
+    return fill(model, params, source_keys=sd.keys(), used=used, what=what, hint=hint)
