@@ -16,12 +16,12 @@ import jax
 import jax.numpy as jnp
 
 from .errors import ConfigError
-from .factorize import _armijo_ok, _check_lr, _check_steps, _GROW, _SHRINK, _TRIALS, check_features, flatten
+from .factorize import AUTO_STEP, _armijo_ok, _check_lr, _check_steps, _GROW, _SHRINK, _TRIALS, check_features, flatten
 from .factors import Factors, check_factors
 
 
-def _grad(B, AtA, P):
-    Y = B @ P  # [R_C, R_S]
+def _grad(B, AtA, P, Y):
+    """Gradient and loss (minus the constant) at ``P`` given ``Y = B P``: one pass over ``B``."""
     W = AtA @ Y
     PtP = P.T @ P
     YtW = Y.T @ W
@@ -30,42 +30,42 @@ def _grad(B, AtA, P):
     return g, f
 
 
-def _f(B, AtA, P):
-    Y = B @ P
-    return -2.0 * jnp.sum(Y * Y) + jnp.sum((Y.T @ (AtA @ Y)) * (P.T @ P))
-
-
 def _refine_one(B, sqz, AtA, P0, eta0, steps, lr, auto):
-    def step_fixed(t, P):
-        g, _ = _grad(B, AtA, P)
-        return jnp.maximum(P - lr * g, 0.0)
+    # ``Y = B P`` is carried, so each step reads ``B`` twice (``B^T V`` and the new ``B P``).
+    def step_fixed(t, carry):
+        P, Y = carry
+        g, _ = _grad(B, AtA, P, Y)
+        P = jnp.maximum(P - lr * g, 0.0)
+        return P, B @ P
 
     def step_auto(t, carry):
-        P, eta = carry
-        g, f = _grad(B, AtA, P)
+        P, Y, eta = carry
+        g, f = _grad(B, AtA, P, Y)
 
         def trial(eta):
             Pn = jnp.maximum(P - eta * g, 0.0)
-            fn = _f(B, AtA, Pn)
-            return Pn, _armijo_ok(fn, f, g, Pn - P, eta, sqz)
+            Yn = B @ Pn
+            fn = -2.0 * jnp.sum(Yn * Yn) + jnp.sum((Yn.T @ (AtA @ Yn)) * (Pn.T @ Pn))
+            return Pn, Yn, _armijo_ok(fn, f, g, Pn - P, eta, sqz)
 
         def cond(c):
-            return (~c[2]) & (c[3] < _TRIALS)
+            return (~c[3]) & (c[4] < _TRIALS)
 
         def body(c):
             e = c[0] * _SHRINK
-            Pn, ok = trial(e)
-            return e, Pn, ok, c[3] + 1
+            Pn, Yn, ok = trial(e)
+            return e, Pn, Yn, ok, c[4] + 1
 
-        e = eta * _GROW
-        Pn, ok = trial(e)
-        e, Pn, ok, _ = jax.lax.while_loop(cond, body, (e, Pn, ok, 1))
-        return jnp.where(ok, Pn, P), e
+        e = jnp.minimum(eta * _GROW, eta0)
+        Pn, Yn, ok = trial(e)
+        e, Pn, Yn, ok, _ = jax.lax.while_loop(cond, body, (e, Pn, Yn, ok, 1))
+        return jnp.where(ok, Pn, P), jnp.where(ok, Yn, Y), e
 
+    Y0 = B @ P0
     if auto:
-        P, _ = jax.lax.fori_loop(0, steps, step_auto, (P0, eta0))
+        P, _, _ = jax.lax.fori_loop(0, steps, step_auto, (P0, Y0, eta0))
         return P
-    return jax.lax.fori_loop(0, steps, step_fixed, P0)
+    return jax.lax.fori_loop(0, steps, step_fixed, (P0, Y0))[0]
 
 
 @partial(jax.jit, static_argnames=("steps", "auto"))
@@ -73,10 +73,22 @@ def _refine(Zf, A, P, lr, *, steps, auto):
     B = jnp.einsum("ck,nsc->nks", A, Zf)  # A^T Z_i, fixed
     AtA = A.T @ A
     sqz = jnp.sum(Zf * Zf, axis=(1, 2))
-    # Conservative first step from each sample's scale; backtracking adapts it.
-    eta0 = 1.0 / (8.0 * jnp.sum(B * B, axis=(1, 2)) * (1.0 + jnp.trace(AtA) / A.shape[1]) + 1e-30)
+    # Step cap per sample: AUTO_STEP / ||B_i^T B_i||_2 (power iteration); backtracking below it.
+    eta0 = AUTO_STEP / jnp.maximum(jax.vmap(_gram_norm)(B), 1e-30)
     one = partial(_refine_one, AtA=AtA, P0=P, steps=steps, lr=lr, auto=auto)
     return jax.vmap(lambda b, s, e: one(b, s, eta0=e))(B, sqz, eta0)
+
+
+def _gram_norm(B, iters: int = 20):
+    """``||B^T B||_2`` by power iteration (no ``S x S`` matrix)."""
+    v = jnp.ones((B.shape[1],), B.dtype) / jnp.sqrt(B.shape[1])
+
+    def body(_, v):
+        w = B.T @ (B @ v)
+        return w / jnp.maximum(jnp.linalg.norm(w), 1e-30)
+
+    v = jax.lax.fori_loop(0, iters, body, v)
+    return jnp.linalg.norm(B.T @ (B @ v))
 
 
 def refine(features, factors: Factors, steps: int = 100, lr: float | str = "auto"):
