@@ -237,8 +237,14 @@ def config_from_json(cfg: Mapping, where: str) -> dict:
     """The constructor config from a HuggingFace ``config.json`` (the original's defaults for
     absent fields, unknown fields ignored, as ``BigGANConfig.from_dict`` does)."""
     out = {k: cfg.get(k, v) for k, v in _CONFIG_DEFAULTS.items()}
-    if out["layers"] is None:
+    layers = out["layers"]
+    if layers is None:
         raise CheckpointError(f"{where} has no 'layers' list; restore the config.json that came with the weights")
+    if not isinstance(layers, list) or not all(isinstance(b, (list, tuple)) and len(b) == 3 for b in layers):
+        raise CheckpointError(
+            f"{where} has layers={layers!r}; expected a list of [upsample, in_mult, out_mult]. "
+            "Restore the config.json that came with the weights"
+        )
     return out
 
 

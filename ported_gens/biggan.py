@@ -115,11 +115,22 @@ def bn_selection(truncation: float, n_stats: int) -> tuple[tuple[int, int], tupl
 
 
 def check_truncation(truncation) -> float:
-    if isinstance(truncation, bool) or not isinstance(truncation, (int, float, np.floating, np.integer)):
+    """``truncation`` as the Python float the original would see, or a ConfigError.
+
+    A float32 or float16 value is read as the shortest decimal that rounds to it (``np.float32(0.7)``
+    -> 0.7), since the statistics rows depend on the exact float64 value."""
+    if isinstance(truncation, jax.core.Tracer):
         raise ConfigError(
-            f"truncation {truncation!r} is not a number; give a Python float in (0, 1], e.g. 1.0 or 0.7"
+            "truncation is a traced value, but it selects stored batch-norm statistics on the host; "
+            "pass it as a concrete Python float (a static argument under jit)"
         )
-    t = float(truncation)
+    v = np.asarray(truncation)[()] if np.ndim(truncation) == 0 else None
+    if v is None or isinstance(truncation, bool) or not isinstance(v, (np.floating, np.integer)):
+        raise ConfigError(f"truncation {truncation!r} is not a number; give a Python float in (0, 1], e.g. 1.0 or 0.7")
+    if isinstance(v, np.floating) and v.dtype.itemsize < 8:
+        t = float(np.format_float_positional(v, unique=True))
+    else:
+        t = float(v)
     if not 0.0 < t <= 1.0:
         raise ConfigError(f"truncation {t!r} is outside (0, 1]; BigGAN has batch-norm statistics only for 0 < truncation <= 1")
     return t
@@ -490,14 +501,14 @@ class BigGAN(Generator):
         batch-norm statistics selection for ``truncation``."""
         layer = self.check_layer(layer)
         z, c = self._inputs(lat)
-        rows, weights = self.bn_ctx(truncation, z.shape[0])
+        rows, weights = (jnp.asarray(a) for a in self.bn_ctx(truncation, z.shape[0]))
         x, cond = self._forward(z, c, rows, weights, layer, _staged)
-        return x, self._ctx(cond, jnp.asarray(rows), jnp.asarray(weights))
+        return x, self._ctx(cond, rows, weights)
 
     def generate(self, lat, truncation: float = 1.0):
         """The image ``[N, H, W, 3]`` in [-1, 1]."""
         z, c = self._inputs(lat)
-        rows, weights = self.bn_ctx(truncation, z.shape[0])
+        rows, weights = (jnp.asarray(a) for a in self.bn_ctx(truncation, z.shape[0]))
         x, _ = self._forward(z, c, rows, weights, len(self.kinds), _staged)
         return _staged(self.head, x, rows, weights)
 

@@ -19,7 +19,7 @@ from convert.common import check_keymap
 from panda_jax.errors import CheckpointError, ConfigError, FeatureError, LayerError
 from ported_gens import zoo
 from ported_gens.base import Generator, Latents, abstract
-from ported_gens.biggan import bn_selection, class_index, class_indices, imagenet_classes
+from ported_gens.biggan import bn_selection, check_truncation, class_index, class_indices, imagenet_classes
 
 # float32 against the float32 original: the README measures 8.6e-6 between thread counts and
 # 1.5e-5 between float32 and float64, so 1e-4 leaves room for a different summation order.
@@ -140,8 +140,16 @@ def test_batch_norm_rows_follow_the_original():
     assert bn_selection(0.7, 51) == ((35, 36), (1.0, 0.0))
     rows, (w0, w1) = bn_selection(0.405, 51)
     assert rows == (20, 21) and w0 == pytest.approx(0.25, abs=1e-9) and w1 == pytest.approx(0.75, abs=1e-9)
-    # The float32 value of 0.7 selects other rows; this is why truncation is resolved in float64.
+    # The float32 value of 0.7 selects other rows; this is why truncation is resolved in float64,
+    # and a float32 truncation is read as the decimal it was written as.
     assert bn_selection(float(np.float32(0.7)), 51)[0] == (34, 35)
+    assert check_truncation(np.float32(0.7)) == 0.7 and check_truncation(jnp.float32(0.405)) == 0.405
+    assert check_truncation(np.float64(0.7)) == 0.7 and check_truncation(1) == 1.0
+    for bad in ("0.7", [0.7], True):
+        with pytest.raises(ConfigError, match="not a number"):
+            check_truncation(bad)
+    with pytest.raises(ConfigError, match="traced"):
+        jax.jit(check_truncation)(0.7)
 
 
 # ---- inputs and errors ------------------------------------------------------------------
@@ -320,6 +328,8 @@ def test_a_config_that_disagrees_with_the_weights_is_reported(folder, tmp_path):
         (dict(good, layers=good["layers"][:-2] + [[False, 2, 2], [True, 2, 1]] * 2), r"layers"),
         (dict(good, output_dim=256), r"output_dim=256 does not match the 5 upsampling blocks"),
         (dict(good, n_stats=41), r"n_stats 41 vs 51"),
+        (dict(good, layers=[[True, 16]]), r"expected a list of \[upsample, in_mult, out_mult\]"),
+        ([good], r"holds a JSON list"),
     ]
     for i, (cfg, msg) in enumerate(cases):
         sub = tmp_path / str(i)
