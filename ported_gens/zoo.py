@@ -13,6 +13,35 @@ ZOO: dict[str, tuple[str, dict]] = {
     "dcgan_faces64": ("dcgan", {}),
 }
 
+# genforce's model zoo (PGGAN, StyleGAN, StyleGAN2), the names the original PandA uses. All are
+# built with their family's defaults and differ in resolution only (the name's trailing number).
+_GENFORCE_BASE = {
+    "pggan": dict(z_dim=512, fmaps_base=16 << 10, fmaps_max=512, fused_scale=False),
+    "stylegan": dict(z_dim=512, w_dim=512, mapping_layers=8, mapping_fmaps=512, mapping_lr_mul=0.01,
+                     fmaps_base=16 << 10, fmaps_max=512, fused_scale="auto"),
+    "stylegan2": dict(z_dim=512, w_dim=512, mapping_layers=8, mapping_fmaps=512, mapping_lr_mul=0.01,
+                      fmaps_base=32 << 10, fmaps_max=512),
+}
+_GENFORCE_NAMES = """
+    pggan_celebahq1024 pggan_bedroom256 pggan_livingroom256 pggan_diningroom256 pggan_kitchen256
+    pggan_church256 pggan_tower256 pggan_bridge256 pggan_restaurant256 pggan_classroom256
+    pggan_conferenceroom256 pggan_person256 pggan_cat256 pggan_dog256 pggan_bird256 pggan_horse256
+    pggan_sheep256 pggan_cow256 pggan_car256 pggan_bicycle256 pggan_motorbike256 pggan_bus256
+    pggan_train256 pggan_boat256 pggan_airplane256 pggan_bottle256 pggan_chair256
+    pggan_pottedplant256 pggan_tvmonitor256 pggan_diningtable256 pggan_sofa256
+    stylegan_ffhq1024 stylegan_celebahq1024 stylegan_bedroom256 stylegan_cat256 stylegan_car512
+    stylegan_celeba_partial256 stylegan_ffhq256 stylegan_ffhq512 stylegan_livingroom256
+    stylegan_diningroom256 stylegan_kitchen256 stylegan_apartment256 stylegan_church256
+    stylegan_tower256 stylegan_bridge256 stylegan_restaurant256 stylegan_classroom256
+    stylegan_conferenceroom256 stylegan_animeface512 stylegan_animeportrait512 stylegan_artface512
+    stylegan2_ffhq1024 stylegan2_church256 stylegan2_cat256 stylegan2_horse256 stylegan2_car512
+    stylegan2_afhqdog512 stylegan2_afhqcat512 stylegan2_metfaces1024
+""".split()
+for _name in _GENFORCE_NAMES:
+    _family = _name.split("_")[0]
+    _res = int(_name[len(_name.rstrip("0123456789")):])
+    ZOO[_name] = (_family, dict(_GENFORCE_BASE[_family], resolution=_res))
+
 # BigGAN-deep: the HuggingFace pytorch-pretrained-BigGAN configs. PandA's name "biggan" is
 # biggan-deep-256. Blocks are [upsample, in_mult, out_mult] of channel_width.
 _BIGGAN_DEEP = dict(z_dim=128, class_embed_dim=128, channel_width=128, num_classes=1000,
