@@ -59,6 +59,22 @@ ZOO.update({
     "biggan": ("biggan", dict(_BIGGAN_DEEP, output_dim=256, layers=_BIGGAN_DEEP_256)),
 })
 
+# StyleGAN3: the official NVlabs pickles, by file name (PandA's model names). T: 3x3 convs,
+# channel_base 32768; R: 1x1 convs, radial filters, channel base and max doubled. The 256x256
+# models were trained with --cbase=16384 (R: 32768 after doubling).
+_SG3_T = dict(z_dim=512, w_dim=512, mapping_layers=2, channel_base=32768, channel_max=512, conv_kernel=3,
+              use_radial_filters=False)
+_SG3_R = dict(_SG3_T, channel_base=65536, channel_max=1024, conv_kernel=1, use_radial_filters=True)
+for _cfg, _data, _res in [
+    ("t", "ffhq", 1024), ("t", "ffhqu", 1024), ("t", "ffhqu", 256), ("t", "metfaces", 1024),
+    ("t", "metfacesu", 1024), ("t", "afhqv2", 512), ("r", "ffhq", 1024), ("r", "ffhqu", 1024),
+    ("r", "ffhqu", 256), ("r", "metfaces", 1024), ("r", "metfacesu", 1024), ("r", "afhqv2", 512),
+]:
+    _sg3 = dict(_SG3_T if _cfg == "t" else _SG3_R, img_resolution=_res)
+    if _res == 256:
+        _sg3["channel_base"] //= 2
+    ZOO[f"stylegan3-{_cfg}-{_data}-{_res}x{_res}"] = ("stylegan3", _sg3)
+
 
 def family_of(name: str) -> str:
     from .base import FAMILIES
