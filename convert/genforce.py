@@ -388,7 +388,7 @@ def _hint(family: str, sd) -> str:
 def from_state_dict(sd: Mapping, family: str | None = None, config: dict | None = None):
     """The Flax generator from a genforce state dict; ``family``/``config`` override what the
     keys and shapes say (``config`` may be partial: it updates the inferred settings)."""
-    from convert.common import fill
+    from convert.common import fill, flax_shapes
     from ported_gens.base import abstract
 
     kind = layout(sd)
@@ -407,14 +407,27 @@ def from_state_dict(sd: Mapping, family: str | None = None, config: dict | None 
     cfg = {**cfg, **(config or {})}
     model = abstract(family, cfg)
     params, used, ignored = key_map(family, cfg, sd)
+    hint = _hint(family, sd)
+    want = flax_shapes(model)
+    wrong = [key for path, key, _ in rules(family, cfg)[0] if path in params and path in want
+             and _shape(params[path]) != want[path]]
+    if wrong:
+        more = f" (+{len(wrong) - 8} more)" if len(wrong) > 8 else ""
+        hint += f"; checkpoint keys of another shape: {', '.join(wrong[:8])}{more}"
     return fill(
         model, params, source_keys=list(sd), used=used, ignored=ignored,
-        what=f"genforce {family} checkpoint", hint=_hint(family, sd),
+        what=f"genforce {family} checkpoint", hint=hint,
     )
 
 
 def to_generator(obj: Any, arch: str | None = None):
     """The converter entry point (see :mod:`convert`)."""
+    from . import readers
+
+    if readers.is_record(obj):  # an NVlabs network pickle
+        from . import nvlabs_stylegan2
+
+        return nvlabs_stylegan2.to_generator(obj, arch)
     if isinstance(obj, Mapping) and "g_ema" in obj and isinstance(obj["g_ema"], Mapping):
         if layout(obj["g_ema"]) == "rosinality":
             raise _rosinality_error("the checkpoint ('g_ema')")

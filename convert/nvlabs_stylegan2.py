@@ -1,0 +1,302 @@
+"""NVlabs StyleGAN2 / StyleGAN2-ADA generators -> :class:`ported_gens.stylegan2.StyleGAN2`.
+
+Sources:
+
+- an NVlabs network pickle (``*.pkl`` training snapshot of the stylegan3 or
+  stylegan2-ada-pytorch repositories), read by :func:`convert.readers.read_nvlabs_pickle`:
+  ``G_ema`` and its stored constructor arguments;
+- a state dict (``torch.save(G_ema.state_dict())``) with ``init_kwargs.json`` beside it;
+- a bare state dict: the settings are read off the shapes (``conv_clamp`` then defaults to 256,
+  what NVlabs' training scripts always pass; it only clamps activations beyond +-256).
+
+The network is the genforce StyleGAN2 generator up to naming and three conventions, so it
+becomes the same Flax module (same layer indices, PandA's genforce convention):
+
+==========================================  ==============================================
+``mapping.fc{i}.weight|bias``               ``mapping/layers/{i}/weight`` (transposed) ``|bias``
+``mapping.w_avg``                           ``w_avg``
+``synthesis.b4.const [C,4,4]``              ``const [1,4,4,C]``
+``synthesis.b4.conv1``                      ``convs/0``
+``synthesis.b{4*2^k}.conv0`` / ``conv1``    ``convs/{2k-1}`` / ``convs/{2k}``
+``synthesis.b{4*2^k}.torgb``                ``torgbs/{k}``
+layer ``.weight [out,in,k,k]``              ``weight [k,k,in,out]``; conv0 (upsampling) is
+                                            flipped: NVlabs runs it with ``flip_weight=False``
+layer ``.affine.weight|bias``               ``style/weight`` (transposed) ``|bias`` **minus 1**
+                                            (the port adds genforce's constant 1)
+layer ``.noise_const [r,r]``                ``noise [1,r,r,1]``; ``noise_strength``, ``bias``
+``*.resample_filter``                       not converted: the fixed [1,3,3,1] filter
+==========================================  ==============================================
+
+NVlabs' SynthesisLayer weights are not pre-scaled by ``1/sqrt(fan_in)`` and its ToRGB scales the
+styles instead of the weight; with demodulation, resp. linearity, both are the same function.
+Stored arguments that do not change the float32 forward (``num_fp16_res``,
+``fused_modconv_default``, ``w_avg_beta``, ``fp16_channels_last``) are accepted and dropped;
+settings the port does not have (conditional ``c_dim``, other architectures, filters or
+activations, ``use_noise=False``) are refused by name.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Mapping
+
+import numpy as np
+
+from panda_jax.errors import CheckpointError
+
+from . import readers
+
+NAME = "nvlabs_stylegan2"
+FAMILIES = ("stylegan2",)
+
+CLASS_NAMES = ("training.networks_stylegan2.Generator", "training.networks.Generator")
+MODULES = ("training.networks_stylegan2", "training.networks")
+DEFAULT_CONV_CLAMP = 256.0
+_DROPPED = {"num_fp16_res", "fused_modconv_default", "w_avg_beta", "fp16_channels_last", "class_name"}
+_POSITIONAL = ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels")
+
+
+def _source(obj) -> tuple[dict, dict | None, str]:
+    """``(state dict, constructor kwargs or None, where they came from)``."""
+    if readers.is_record(obj):
+        kwargs = dict(obj.get("init_kwargs") or {})
+        for name, value in zip(_POSITIONAL, obj.get("init_args") or ()):
+            kwargs.setdefault(name, value)
+        return readers.state_dict(obj), kwargs, "the pickle's stored constructor arguments"
+    if isinstance(obj, Mapping):
+        kwargs = getattr(obj, "init_kwargs", None)
+        where = repr(getattr(obj, "sidecar", None)) if kwargs is not None else "the state dict"
+        return dict(obj), (dict(kwargs) if kwargs is not None else None), where
+    raise CheckpointError(f"expected an NVlabs StyleGAN2 state dict or network pickle, got a {type(obj).__name__}")
+
+
+def _is_sg2_state_dict(sd: Mapping) -> bool:
+    return "synthesis.b4.const" in sd and "mapping.fc0.weight" in sd and "synthesis.b4.conv1.weight" in sd
+
+
+def claims(obj) -> bool:
+    if readers.is_record(obj):
+        if obj.get("class_name") != "Generator":
+            return False
+        if obj.get("module") in MODULES:
+            return True
+        return _is_sg2_state_dict(readers.state_dict(obj))
+    if isinstance(obj, Mapping):
+        kw = getattr(obj, "init_kwargs", None)
+        if isinstance(kw, dict) and kw.get("class_name") in CLASS_NAMES:
+            return True
+        return _is_sg2_state_dict(obj)
+    return False
+
+
+def _shape(v) -> tuple[int, ...]:
+    return tuple(v) if isinstance(v, tuple) else tuple(np.shape(v))
+
+
+def _blocks(sd) -> list[int]:
+    return sorted({int(m.group(1)) for k in sd for m in [re.match(r"synthesis\.b(\d+)\.", k)] if m})
+
+
+def infer_config(sd: Mapping) -> dict:
+    """The port's config from an NVlabs StyleGAN2 state dict's keys and shapes."""
+    from .genforce import infer_fmaps
+
+    blocks = _blocks(sd)
+    if not blocks or blocks != [4 * 2**k for k in range(len(blocks))] or not 8 <= blocks[-1] <= 1024:
+        raise CheckpointError(f"the NVlabs StyleGAN2 state dict has synthesis blocks {blocks}; expected b4, b8, ... up to 8..1024 px")
+    fcs = sorted({int(m.group(1)) for k in sd for m in [re.fullmatch(r"mapping\.fc(\d+)\.weight", k)] if m})
+    if not fcs or fcs != list(range(len(fcs))):
+        raise CheckpointError(f"the NVlabs StyleGAN2 mapping layers are fc{fcs}; expected fc0 .. fcN-1")
+    if "mapping.embed.weight" in sd:
+        raise CheckpointError("the NVlabs StyleGAN2 network is class-conditional (mapping.embed); conditional models are not supported")
+
+    def need(key):
+        if key not in sd:
+            raise CheckpointError(f"the NVlabs StyleGAN2 state dict has no {key!r}; it is incomplete")
+        return _shape(sd[key])
+
+    w_dim = need("mapping.w_avg")[0]
+    nf = {r: need(f"synthesis.b{r}.conv1.weight")[0] for r in blocks}
+    base, fmax = infer_fmaps("stylegan2", nf)
+    first = need("mapping.fc0.weight")
+    return dict(
+        resolution=blocks[-1],
+        z_dim=first[1],
+        w_dim=w_dim,
+        mapping_layers=len(fcs),
+        mapping_fmaps=first[0] if len(fcs) > 1 else w_dim,
+        mapping_lr_mul=0.01,
+        fmaps_base=base,
+        fmaps_max=fmax,
+        image_channels=need(f"synthesis.b{blocks[-1]}.torgb.weight")[0],
+        final_tanh=False,
+        conv_clamp=DEFAULT_CONV_CLAMP,
+    )
+
+
+def config_from_init_kwargs(kwargs: dict, where: str) -> dict:
+    """The port's config from NVlabs ``Generator`` constructor arguments (flat stylegan3-repo
+    form, nested stylegan2-ada form, or legacy.py's form)."""
+    kw = dict(kwargs)
+    cls = kw.get("class_name")
+    if cls is not None and cls not in CLASS_NAMES:
+        raise CheckpointError(f"{where}: class_name {cls!r} is not an NVlabs StyleGAN2 generator ({list(CLASS_NAMES)})")
+    synth = dict(kw.pop("synthesis_kwargs", None) or {})
+    for k, v in synth.items():
+        kw.setdefault(k, v)
+    mapping = dict(kw.pop("mapping_kwargs", None) or {})
+
+    def refuse(name, value, want):
+        raise CheckpointError(f"{where}: {name} = {value!r} is not supported (only {want!r}); this network cannot be ported")
+
+    checks = {"c_dim": 0, "architecture": "skip", "activation": "lrelu", "use_noise": True, "kernel_size": 3}
+    for name, want in checks.items():
+        if name in kw and kw[name] != want:
+            refuse(name, kw[name], want)
+    if "resample_filter" in kw and list(kw["resample_filter"]) != [1, 3, 3, 1]:
+        refuse("resample_filter", kw["resample_filter"], [1, 3, 3, 1])
+    for name, want in (("activation", "lrelu"), ("embed_features", None)):
+        if mapping.get(name, want) != want:
+            refuse(f"mapping_kwargs.{name}", mapping[name], want)
+    known = set(checks) | {"resample_filter", "z_dim", "w_dim", "img_resolution", "img_channels", "channel_base",
+                           "channel_max", "conv_clamp"} | _DROPPED
+    unknown = sorted(set(kw) - known)
+    unknown += sorted(f"mapping_kwargs.{k}" for k in set(mapping) - {"num_layers", "layer_features", "lr_multiplier",
+                                                                      "activation", "embed_features", "w_avg_beta"})
+    if unknown:
+        raise CheckpointError(f"{where}: unknown StyleGAN2 constructor arguments {unknown}; cannot tell what they change")
+    for name in ("z_dim", "w_dim", "img_resolution"):
+        if name not in kw:
+            raise CheckpointError(f"{where}: the constructor arguments lack {name!r}")
+    w_dim = int(kw["w_dim"])
+    clamp = kw.get("conv_clamp")
+    return dict(
+        resolution=int(kw["img_resolution"]),
+        z_dim=int(kw["z_dim"]),
+        w_dim=w_dim,
+        mapping_layers=int(mapping.get("num_layers", 8)),
+        mapping_fmaps=int(mapping.get("layer_features") or w_dim),
+        mapping_lr_mul=float(mapping.get("lr_multiplier", 0.01)),
+        fmaps_base=int(kw.get("channel_base", 32768)),
+        fmaps_max=int(kw.get("channel_max", 512)),
+        image_channels=int(kw.get("img_channels", 3)),
+        final_tanh=False,
+        conv_clamp=None if clamp is None else float(clamp),
+    )
+
+
+# ---- key map ------------------------------------------------------------------------------
+
+
+def _t_dense(a):
+    return a.T
+
+
+def _t_conv(a):
+    return a.transpose(2, 3, 1, 0)
+
+
+def _t_conv_flipped(a):
+    return a[:, :, ::-1, ::-1].transpose(2, 3, 1, 0)
+
+
+def _t_const(a):  # [C, 4, 4] -> [1, 4, 4, C]
+    return a.transpose(1, 2, 0)[None]
+
+
+def _t_noise(a):  # [r, r] -> [1, r, r, 1]
+    return a[None, :, :, None]
+
+
+def _t_minus_one(a):
+    return a - np.float32(1)
+
+
+def _t_same(a):
+    return a
+
+
+def _apply(fn, v):
+    if isinstance(v, tuple):
+        return tuple(fn(np.broadcast_to(np.float32(0), v)).shape)
+    return np.asarray(fn(np.asarray(v, np.float32)), np.float32)
+
+
+def rules(cfg: dict) -> tuple[list, list[str]]:
+    """``([(flax_path, torch_key, transform)], [torch keys deliberately not converted])``."""
+    log2 = int(math.log2(cfg["resolution"]))
+    r, ignored = [], []
+    for i in range(cfg["mapping_layers"]):
+        r += [(f"mapping/layers/{i}/weight", f"mapping.fc{i}.weight", _t_dense),
+              (f"mapping/layers/{i}/bias", f"mapping.fc{i}.bias", _t_same)]
+    r += [("w_avg", "mapping.w_avg", _t_same), ("const", "synthesis.b4.const", _t_const)]
+
+    def layer(path, src, flip, noise=True):
+        out = [(f"{path}/weight", f"{src}.weight", _t_conv_flipped if flip else _t_conv),
+               (f"{path}/bias", f"{src}.bias", _t_same),
+               (f"{path}/style/weight", f"{src}.affine.weight", _t_dense),
+               (f"{path}/style/bias", f"{src}.affine.bias", _t_minus_one)]
+        if noise:
+            out += [(f"{path}/noise", f"{src}.noise_const", _t_noise),
+                    (f"{path}/noise_strength", f"{src}.noise_strength", _t_same)]
+        return out
+
+    for k in range(log2 - 1):
+        res = 4 * 2**k
+        b = f"synthesis.b{res}"
+        if k > 0:
+            r += layer(f"convs/{2 * k - 1}", f"{b}.conv0", flip=True)
+            ignored.append(f"{b}.conv0.resample_filter")
+        r += layer(f"convs/{2 * k}", f"{b}.conv1", flip=False)
+        r += layer(f"torgbs/{k}", f"{b}.torgb", flip=False, noise=False)
+        ignored += [f"{b}.resample_filter", f"{b}.conv1.resample_filter"]
+    return r, ignored
+
+
+def key_map(cfg: dict, sd: Mapping) -> tuple[dict, list[str], list[str]]:
+    """``(params, used, ignored)`` as :func:`convert.genforce.key_map` (arrays or bare shapes)."""
+    rs, ignored = rules(cfg)
+    params, used = {}, []
+    for path, key, fn in rs:
+        if key in sd:
+            params[path] = _apply(fn, sd[key])
+            used.append(key)
+    return params, used, [k for k in ignored if k in sd]
+
+
+def config_for(obj, arch: str | None = None) -> dict:
+    """The port's config for a read checkpoint (stored or inferred; ``arch`` overrides)."""
+    sd, kwargs, where = _source(obj)
+    cfg = config_from_init_kwargs(kwargs, where) if kwargs else infer_config(sd)
+    if arch:
+        from ported_gens import zoo
+
+        family = zoo.family_of(arch)
+        if family != "stylegan2":
+            raise CheckpointError(f"the checkpoint is an NVlabs StyleGAN2 network, but --arch {arch!r} is a {family} model")
+        cfg.update(zoo.config_of(arch))
+    return cfg
+
+
+def to_generator(obj: Any, arch: str | None = None):
+    from convert.common import fill
+    from ported_gens.base import abstract
+
+    sd, _, _ = _source(obj)
+    if not _is_sg2_state_dict(sd):
+        raise CheckpointError(
+            "not an NVlabs StyleGAN2 generator: it has no synthesis.b4.const / synthesis.b4.conv1 / mapping.fc0 "
+            "(a StyleGAN3 network has synthesis.input.*; a genforce one synthesis.early_layer.const)"
+        )
+    cfg = config_for(obj, arch)
+    model = abstract("stylegan2", cfg)
+    params, used, ignored = key_map(cfg, sd)
+    try:
+        inferred = infer_config(sd)
+        desc = ", ".join(f"{k}={inferred[k]}" for k in ("resolution", "z_dim", "w_dim", "mapping_layers", "fmaps_base", "fmaps_max"))
+        hint = f"wrong resolution, channel base or mapping depth; the tensors look like an NVlabs StyleGAN2 with {desc}"
+    except CheckpointError as e:
+        hint = str(e)
+    return fill(model, params, source_keys=list(sd), used=used, ignored=ignored,
+                what="NVlabs StyleGAN2 checkpoint", hint=hint)
