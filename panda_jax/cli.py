@@ -256,8 +256,8 @@ def _features(G, lat, layer: int, truncation: float = 1.0, batch: int = 64, prog
 
 
 def _render(G, Z, layer: int, ctx, batch: int = RENDER_BATCH, progress: bool = False, desc: str = "render"):
-    """Images ``[N, H, W, 3]`` as numpy, rendered in fixed-size (padded) batches so one
-    compilation serves every call."""
+    """Images ``[N, H, W, 3]`` as numpy, rendered in batches padded to ``batch`` (or, for fewer
+    images, to a power of two) so few compilations serve every call."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -267,8 +267,9 @@ def _render(G, Z, layer: int, ctx, batch: int = RENDER_BATCH, progress: bool = F
     for i in _bar(range(0, n, batch), desc=desc, enabled=progress):
         z, c = Z[i:i + batch], _slice(ctx, i, i + batch)
         k = z.shape[0]
-        if k < batch and n > batch:
-            pad = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], batch - k, axis=0)])  # noqa: E731
+        size = batch if n > batch else 1 << (k - 1).bit_length()  # few distinct shapes: few compilations
+        if k < size:
+            pad = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], size - k, axis=0)])  # noqa: E731
             z, c = pad(z), jax.tree_util.tree_map(pad, c)
         out.append(np.asarray(G.render(z, layer, c))[:k])
     return np.concatenate(out)
@@ -508,27 +509,22 @@ def cmd_edit(args):
         per = [refined_factors(F, jnp.asarray(p)) for p in refined]
     else:
         per = [F] * len(args.seeds)
-    imgs = _render(G, Z, layer, ctx)
+    # One batch for everything: the originals (alpha 0), the edits, and the sweep frames.
+    sweep = list(np.linspace(-max(map(abs, alphas)), max(map(abs, alphas)), args.gif_frames)) if args.gif else []
+    strengths = [0.0] + [float(a) for a in alphas] + [float(a) for a in sweep]
+    n, K = len(args.seeds), len(strengths)
+    E = jnp.concatenate([pj.edit_sweep(Z[i:i + 1], per[i], part=parts, appearance=args.appearance, alphas=strengths)
+                         for i in range(n)], axis=1)  # [K, N, H, W, C]
+    out = _render(G, E.reshape((K * n,) + E.shape[2:]), layer, _tile_ctx(ctx, K), progress=progress, desc="edits")
+    out = out.reshape((K, n) + out.shape[1:])
+    imgs, out_imgs = out[0], out[1:1 + len(alphas)]
     size = imgs.shape[1:3]
     masks = np.stack([_part_masks(f, parts, size) for f in per])
-    edited = []
-    for a in alphas:
-        E = jnp.concatenate([pj.edit(Z[i:i + 1], per[i], part=parts, appearance=args.appearance, alpha=a)
-                             for i in range(len(args.seeds))])
-        edited.append(E)
-    out_imgs = _render(G, jnp.concatenate(edited), layer, _tile_ctx(ctx, len(alphas)), progress=progress,
-                       desc="edits").reshape((len(alphas),) + imgs.shape)
     scores = [pj.roir(masks, imgs, out_imgs[k]) for k in range(len(alphas))]
     frames = None
-    if args.gif:
-        amax = max(abs(a) for a in alphas)
-        sweep = np.linspace(-amax, amax, args.gif_frames)
-        E = jnp.concatenate([jnp.concatenate([pj.edit(Z[i:i + 1], per[i], part=parts, appearance=args.appearance,
-                                                      alpha=float(a)) for i in range(len(args.seeds))])
-                             for a in sweep])
-        fr = _render(G, E, layer, _tile_ctx(ctx, len(sweep)), progress=progress, desc="sweep")
-        fr = viz.to_uint8(fr).reshape((len(sweep),) + imgs.shape)
-        frames = [viz.tile(list(f), cols=len(args.seeds)) for f in fr]
+    if sweep:
+        fr = viz.to_uint8(out[1 + len(alphas):])
+        frames = [viz.tile(list(f), cols=n) for f in fr]
     with _Staging(args.out) as st:
         cells = [[viz.to_uint8(imgs[i])] + [viz.to_uint8(out_imgs[k, i]) for k in range(len(alphas))]
                  for i in range(len(args.seeds))]
