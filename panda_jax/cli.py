@@ -492,6 +492,7 @@ def cmd_edit(args):
 
     F, G, layer = _load_factors_for(args)
     parts = args.part if len(args.part) > 1 else args.part[0]
+    part_desc = f"part {args.part[0]}" if len(args.part) == 1 else "parts " + "+".join(map(str, args.part))
     pj.part_map(F, parts)  # checks the part indices
     if not 0 <= args.appearance < F.rank_c:
         raise ConfigError(f"appearance index {args.appearance} is out of range; the factors have {F.rank_c} (use 0..{F.rank_c - 1})")
@@ -530,7 +531,7 @@ def cmd_edit(args):
                  for i in range(len(args.seeds))]
         viz.save_labelled_grid(st.path("strip.png"), cells, [f"seed {s}" for s in args.seeds],
                                ["original"] + [f"alpha {a:+g}" for a in alphas],
-                               title=f"part {args.part}, appearance {args.appearance} (layer {layer})")
+                               title=f"{part_desc}, appearance {args.appearance} (layer {layer})")
         for i, s in enumerate(args.seeds):
             viz.save_image(st.path(f"seed{s}_original.png"), viz.to_uint8(imgs[i]))
             for k, a in enumerate(alphas):
@@ -543,7 +544,7 @@ def cmd_edit(args):
             "refine_steps": args.refine, "roir": {f"{a:+g}": float(r) for a, r in zip(alphas, scores)},
         })
     for a, r in zip(alphas, scores):
-        _say(args, f"alpha {a:+g}: ROIR {r:.3f} (part {args.part} as the region of interest)")
+        _say(args, f"alpha {a:+g}: ROIR {r:.3f} ({part_desc} as the region of interest)")
     _say(args, f"wrote strip.png, per-seed images{', sweep.gif' if frames else ''} and edit.json in {args.out}")
     return 0
 

@@ -282,9 +282,11 @@ def save_labelled_grid(path: str, cells, row_labels: Sequence[str] = (), col_lab
     strips (one row) and edit grids."""
     rows = len(cells)
     cols = max(len(r) for r in cells)
-    fig = _figure(cell * cols + (1.0 if row_labels else 0), cell * rows + (0.3 if col_labels else 0) + (0.3 if title else 0))
+    head = (0.3 if col_labels else 0.05) + (0.3 if title else 0)  # inches above the grid
+    height = cell * rows + head
+    fig = _figure(cell * cols + (1.0 if row_labels else 0), height)
     if title:
-        fig.suptitle(title, fontsize=fontsize + 1)
+        fig.suptitle(title, fontsize=fontsize + 1, y=1 - 0.05 / height, va="top")
     for r in range(rows):
         for c in range(cols):
             ax = fig.add_subplot(rows, cols, r * cols + c + 1)
@@ -299,7 +301,7 @@ def save_labelled_grid(path: str, cells, row_labels: Sequence[str] = (), col_lab
                 ax.set_title(col_labels[c], fontsize=fontsize)
             if c == 0 and r < len(row_labels):
                 ax.set_ylabel(row_labels[r], fontsize=fontsize, rotation=0, ha="right", va="center")
-    fig.subplots_adjust(wspace=0.04, hspace=0.08)
+    fig.subplots_adjust(left=0.0, right=1.0, bottom=0.0, top=1 - head / height, wspace=0.04, hspace=0.08)
     return _save_figure(path, fig)
 
 

@@ -174,3 +174,17 @@ def test_errors(capsys, tmp_path, model, factors):
     _fails(capsys, ["convert", "default", keep], "not a converted model")
     assert sorted(os.listdir(tmp_path)) == ["keep", "notes.pth", "other.pth"]
     assert os.listdir(keep) == ["mine.txt"]
+
+
+@pytest.mark.parametrize("command", ["convert", "fit", "refine", "edit", "saliency", "demo"])
+def test_help(capsys, command):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: panda-jax {command}") and "--quiet" in out
+
+
+def test_no_command(capsys):
+    assert main([]) == 2
+    assert "required: COMMAND" in _one_line_error(capsys.readouterr().err)
