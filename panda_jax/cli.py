@@ -831,7 +831,8 @@ def _demo_report(path, s, stats, edit_figs, best, device):
         ]},
         {"heading": "Edits", "text": f"Z' = Z + alpha * a_j p_k^T with alpha = +-{s['alpha']:g} "
                                      f"({EDIT_SCALE} x the mean feature norm per position). Appearance 0, the "
-                                     "leading HOSVD direction, mostly scales activations and is left out. ROIR "
+                                     "leading HOSVD direction (close to the mean activation), mostly adds "
+                                     "texture artefacts in this model and is left out. ROIR "
                                      "(paper Eq. 7): mean over 16 samples of the change inside the part (its "
                                      "upsampled map >= 0.5) over the change outside; higher is more local.",
          "images": [(f, f"every part with appearances and signed alphas ({f[:-4].replace('_', ' ')})") for f in edit_figs]

@@ -358,7 +358,7 @@ def write_report(path: str, title: str, sections: Sequence[dict]) -> str:
         "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
         "figure{display:inline-block;margin:0 1em 1em 0;vertical-align:top}"
         "figcaption{font-size:.85em;color:#555;max-width:600px}"
-        "img{max-width:100%;image-rendering:pixelated}"
+        "img{max-width:100%}"
         "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.2em .6em;"
         "font-size:.9em;text-align:right}th{background:#f4f4f4}"
         "pre{background:#f6f6f6;padding:.6em;overflow-x:auto}"
