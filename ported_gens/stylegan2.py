@@ -23,7 +23,9 @@ resolutions already done. By default :meth:`render` continues it, so
 ``render(*features(z, l), l) == generate(z)``. The original PandA code restarts the skip sum
 instead (it resumes with ``x`` only, so the first ToRGB at or after ``l`` starts a fresh image and
 the RGB of the lower resolutions is dropped); set ``G.restart_skip = True`` (a plain attribute,
-settable after loading; it is a compile-time switch) to reproduce those images.
+settable after loading; it is a compile-time switch) to reproduce those images. Continuing from
+a zero ``ctx["skip"]`` gives exactly the same images (``rgb + upsample(0) == rgb``), so a batch
+may mix both behaviours.
 
 Truncation: ``features(lat, l, truncation=psi)`` moves the first ``G.trunc_layers`` rows of
 ``wp`` (default 18, PandA's) towards ``w_avg`` by ``psi`` (genforce's rule); set
