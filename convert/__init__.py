@@ -24,14 +24,8 @@ CONVERTER_MODULES = ("dcgan", "genforce", "nvlabs_stylegan2", "stylegan3", "bigg
 
 
 def converters():
-    mods = []
-    for name in CONVERTER_MODULES:
-        try:
-            mods.append(importlib.import_module(f"convert.{name}"))
-        except ModuleNotFoundError as e:
-            if e.name != f"convert.{name}":
-                raise
-    return mods
+    """The family converter modules, in the order they are asked."""
+    return [importlib.import_module(f"convert.{name}") for name in CONVERTER_MODULES]
 
 
 def _by_arch(arch: str):
@@ -74,5 +68,11 @@ def convert(src: str, out_dir: str, arch: str | None = None) -> str:
     source = {"file": os.path.basename(os.path.normpath(src)), "arch": arch}
     if os.path.isfile(src):
         source["sha256"] = readers.sha256(src)
+    elif os.path.isdir(src):  # a HuggingFace folder: hash each file that was read
+        source["sha256"] = {
+            name: readers.sha256(os.path.join(src, name))
+            for name in sorted(os.listdir(src))
+            if os.path.isfile(os.path.join(src, name))
+        }
     save_generator(G, out_dir, source)
     return out_dir

@@ -180,3 +180,13 @@ def test_bad_factors_and_files(tmp_path):
     with pytest.raises(pj.FactorsError, match="2-D float"):
         np.save(tmp_path / "bad.npy", np.zeros((3,), np.float32))
         pj.load_original(str(tmp_path / "bad.npy"), str(tmp_path / "us.npy"))
+
+
+def test_generators_load_by_zoo_name(tmp_path, monkeypatch):
+    import ported_gens
+
+    monkeypatch.setenv("PANDA_JAX_MODELS", str(tmp_path))
+    with pytest.raises(pj.CheckpointError, match="panda-jax convert CHECKPOINT .*stylegan2_ffhq1024"):
+        ported_gens.load("stylegan2_ffhq1024")
+    with pytest.raises(pj.CheckpointError, match="not a converted model directory"):
+        ported_gens.load(str(tmp_path))
