@@ -119,52 +119,81 @@ def naive_loss(features, A, P):
     return jnp.sum((Z - rec) ** 2)
 
 
-def _XY(Zf, A, P):
-    X = jnp.einsum("nsc,sr->ncr", Zf, P)
-    return X, jnp.einsum("ck,ncr->nkr", A, X)
+# Layout inside the loops. The features are read as one matrix ``Zt = [S, N*C]`` (column
+# ``n*C + c``), so both passes are single matrix products: ``X = P^T Zt`` and ``Zt V``.
+# Small per-sample quantities are kept as matrices with columns ``n*R + r``:
+# ``Xm = [C, N*R]`` (``X_n = Z_n P``), ``Y = [R_C, N*R]`` (``Y_n = A^T X_n``).
 
 
-def _loss_from_Y(sqz, Y, AtA, PtP):
-    W = jnp.einsum("kj,njr->nkr", AtA, Y)
-    return sqz - 2.0 * jnp.sum(Y * Y) + jnp.sum(jnp.einsum("nkr,nkq->rq", Y, W) * PtP), W
+def to_columns(Zf):
+    """``[N, S, C]`` -> ``Zt = [S, N*C]``."""
+    N, S, C = Zf.shape
+    return jnp.transpose(Zf, (1, 0, 2)).reshape(S, N * C)
+
+
+def _parts_pass(Zt, P, C):
+    """``Xm = [C, N*R]`` with blocks ``X_n = Z_n P``: one read of the features."""
+    S, NC = Zt.shape
+    N, R = NC // C, P.shape[1]
+    Xr = (P.T @ Zt).reshape(R, N, C)
+    return jnp.transpose(Xr, (2, 1, 0)).reshape(C, N * R)
+
+
+def _per_sample(M, Q, R):
+    """Each ``[K, R]`` block of ``M = [K, N*R]`` times ``Q = [R, R]``."""
+    K, NR = M.shape
+    return (M.reshape(K, NR // R, R) @ Q).reshape(K, NR)
+
+
+def _blocks_gram(Y, W, R):
+    """``sum_n Y_n^T W_n`` (``[R, R]``) for ``[K, N*R]`` matrices."""
+    K, NR = Y.shape
+    return jnp.einsum("knr,knq->rq", Y.reshape(K, NR // R, R), W.reshape(K, NR // R, R))
+
+
+def _f_from_Y(Y, AtA, PtP):
+    """The loss minus ``sum ||Z_i||^2``, and ``W = A^T A Y`` and ``sum_n Y_n^T W_n``."""
+    R = PtP.shape[0]
+    W = AtA @ Y
+    YtW = _blocks_gram(Y, W, R)
+    return -2.0 * jnp.sum(Y * Y) + jnp.sum(YtW * PtP), W, YtW
+
+
+def _grad_parts(Zt, A, P, Y, AtA, PtP):
+    """:math:`\nabla_P` and the loss terms given ``Y``: one read of the features (``Zt V``)."""
+    S, NC = Zt.shape
+    C, R = A.shape[0], P.shape[1]
+    N = NC // C
+    f, W, YtW = _f_from_Y(Y, AtA, PtP)
+    V = A @ (-4.0 * Y + 2.0 * _per_sample(W, PtP, R))  # [C, N*R]
+    Vf = jnp.transpose(V.reshape(C, N, R), (1, 0, 2)).reshape(N * C, R)
+    return Zt @ Vf + 2.0 * P @ YtW, f
+
+
+def _grad_appearance(Xm, A, Y, AtA, PtP):
+    """:math:`\nabla_A` given ``Xm`` (``X_n = Z_n P``) and ``Y = A^T Xm``; no feature reads."""
+    R = PtP.shape[0]
+    W = AtA @ Y
+    Xp, Yp = _per_sample(Xm, PtP, R), _per_sample(Y, PtP, R)
+    return -4.0 * Xm @ Y.T + 2.0 * (A @ Y) @ Yp.T + 2.0 * Xp @ W.T
 
 
 def loss(features, A, P):
     """The summed loss via the cheap association (no ``S x S`` products)."""
     Zf = flatten(features)
-    _, Y = _XY(Zf, A, P)
-    return _loss_from_Y(jnp.sum(Zf * Zf), Y, A.T @ A, P.T @ P)[0]
-
-
-def grad_parts(Zf, A, P, Y, AtA, PtP):
-    """:math:`\\nabla_P` given ``Y = A^T Z P`` (and ``W``), plus the loss terms. Reads ``Zf`` once."""
-    W = jnp.einsum("kj,njr->nkr", AtA, Y)
-    YtW = jnp.einsum("nkr,nkq->rq", Y, W)
-    V = jnp.einsum("ck,nkr->ncr", A, -4.0 * Y + 2.0 * jnp.einsum("nkr,rq->nkq", W, PtP))
-    g = jnp.einsum("nsc,ncr->sr", Zf, V) + 2.0 * P @ YtW
-    return g, -2.0 * jnp.sum(Y * Y) + jnp.sum(YtW * PtP)
-
-
-def grad_appearance(X, A, PtP):
-    """:math:`\\nabla_A` given ``X = Z P`` for the current parts; never reads the features."""
-    U = jnp.einsum("ncr,ck->nrk", X, A)
-    T1 = jnp.einsum("ncr,nrk->ck", X, U)
-    M = jnp.einsum("ncr,rq,nqk->ck", X, PtP, U)
-    return -4.0 * T1 + 2.0 * A @ (A.T @ M) + 2.0 * M @ (A.T @ A)
-
-
-def _f_appearance(X, A, PtP):
-    """Loss minus the constant, as a function of ``A`` with ``X = Z P`` fixed."""
-    Y = jnp.einsum("ck,ncr->nkr", A, X)
-    return _loss_from_Y(0.0, Y, A.T @ A, PtP)[0]
+    Xm = _parts_pass(to_columns(Zf), P, Zf.shape[2])
+    return jnp.sum(Zf * Zf) + _f_from_Y(A.T @ Xm, A.T @ A, P.T @ P)[0]
 
 
 def grads(features, A, P):
     """Both gradients at ``(A, P)`` (the appearance one at the same ``P``), for checks."""
     Zf = flatten(features)
-    X, Y = _XY(Zf, A, P)
-    gP, _ = grad_parts(Zf, A, P, Y, A.T @ A, P.T @ P)
-    return gP, grad_appearance(X, A, P.T @ P)
+    Zt = to_columns(Zf)
+    Xm = _parts_pass(Zt, P, Zf.shape[2])
+    AtA, PtP = A.T @ A, P.T @ P
+    Y = A.T @ Xm
+    gP, _ = _grad_parts(Zt, A, P, Y, AtA, PtP)
+    return gP, _grad_appearance(Xm, A, Y, AtA, PtP)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,51 +276,50 @@ def _armijo_ok(f_new, f_old, g, delta, eta, scale):
     return f_new <= bound + 1e-6 * scale
 
 
-def _step_fixed(Zf, A, P, X, lr):
-    """The original's step with a fixed learning rate. ``X = Z P`` carried in and out."""
+def _step_fixed(Zt, A, P, Xm, lr):
+    """The original's step with a fixed learning rate. ``Xm`` (``X_n = Z_n P``) carried."""
+    C = A.shape[0]
     AtA, PtP = A.T @ A, P.T @ P
-    Y = jnp.einsum("ck,ncr->nkr", A, X)
-    gP, f = grad_parts(Zf, A, P, Y, AtA, PtP)
+    gP, f = _grad_parts(Zt, A, P, A.T @ Xm, AtA, PtP)
     P = jnp.maximum(P - lr * gP, 0.0)
-    X = jnp.einsum("nsc,sr->ncr", Zf, P)
-    gA = grad_appearance(X, A, P.T @ P)
-    return A - lr * gA, P, X, f
+    Xm = _parts_pass(Zt, P, C)
+    gA = _grad_appearance(Xm, A, A.T @ Xm, AtA, P.T @ P)
+    return A - lr * gA, P, Xm, f
 
 
-def _step_auto(Zf, A, P, X, etaP, etaA, scale, capP, capA):
+def _step_auto(Zt, A, P, Xm, etaP, etaA, scale, capP, capA):
     """A step with each block's step size found by backtracking from the last accepted one
     (grown by a factor, up to a cap of ``AUTO_STEP / L`` from :func:`block_curvatures`)."""
+    C = A.shape[0]
     AtA, PtP = A.T @ A, P.T @ P
-    Y = jnp.einsum("ck,ncr->nkr", A, X)
-    gP, f = grad_parts(Zf, A, P, Y, AtA, PtP)
+    gP, f = _grad_parts(Zt, A, P, A.T @ Xm, AtA, PtP)
 
     def p_trial(eta):
         Pn = jnp.maximum(P - eta * gP, 0.0)
-        Xn = jnp.einsum("nsc,sr->ncr", Zf, Pn)
-        Yn = jnp.einsum("ck,ncr->nkr", A, Xn)
-        fn = _loss_from_Y(0.0, Yn, AtA, Pn.T @ Pn)[0]
-        return Pn, Xn, fn, _armijo_ok(fn, f, gP, Pn - P, eta, scale)
+        Xn = _parts_pass(Zt, Pn, C)
+        Yn = A.T @ Xn
+        fn = _f_from_Y(Yn, AtA, Pn.T @ Pn)[0]
+        return Pn, Xn, Yn, fn, _armijo_ok(fn, f, gP, Pn - P, eta, scale)
 
     def p_cond(c):
-        return (~c[4]) & (c[5] < _TRIALS)
+        return (~c[5]) & (c[6] < _TRIALS)
 
     def p_body(c):
         eta = c[0] * _SHRINK
-        Pn, Xn, fn, ok = p_trial(eta)
-        return eta, Pn, Xn, fn, ok, c[5] + 1
+        return (eta,) + p_trial(eta) + (c[6] + 1,)
 
     eta0 = jnp.minimum(etaP * _GROW, capP)
-    Pn, Xn, fn, ok = p_trial(eta0)
-    etaP, Pn, Xn, fP, okP, _ = jax.lax.while_loop(p_cond, p_body, (eta0, Pn, Xn, fn, ok, 1))
-    P, X = jnp.where(okP, Pn, P), jnp.where(okP, Xn, X)
+    etaP, Pn, Xn, Yn, fP, okP, _ = jax.lax.while_loop(p_cond, p_body, (eta0,) + p_trial(eta0) + (1,))
+    P, Xm = jnp.where(okP, Pn, P), jnp.where(okP, Xn, Xm)
+    Y = jnp.where(okP, Yn, A.T @ Xm)
     fP = jnp.where(okP, fP, f)
 
     PtP = P.T @ P
-    gA = grad_appearance(X, A, PtP)
+    gA = _grad_appearance(Xm, A, Y, AtA, PtP)
 
     def a_trial(eta):
         An = A - eta * gA
-        fn = _f_appearance(X, An, PtP)
+        fn = _f_from_Y(An.T @ Xm, An.T @ An, PtP)[0]
         return An, fn, _armijo_ok(fn, fP, gA, An - A, eta, scale)
 
     def a_cond(c):
@@ -299,14 +327,12 @@ def _step_auto(Zf, A, P, X, etaP, etaA, scale, capP, capA):
 
     def a_body(c):
         eta = c[0] * _SHRINK
-        An, fn, ok = a_trial(eta)
-        return eta, An, fn, ok, c[4] + 1
+        return (eta,) + a_trial(eta) + (c[4] + 1,)
 
     eta0 = jnp.minimum(etaA * _GROW, capA)
-    An, fn, ok = a_trial(eta0)
-    etaA, An, _, okA, _ = jax.lax.while_loop(a_cond, a_body, (eta0, An, fn, ok, 1))
+    etaA, An, _, okA, _ = jax.lax.while_loop(a_cond, a_body, (eta0,) + a_trial(eta0) + (1,))
     A = jnp.where(okA, An, A)
-    return A, P, X, f, etaP, etaA
+    return A, P, Xm, f, etaP, etaA
 
 
 AUTO_STEP = 0.5  # fraction of 1/L used as the step-size cap
@@ -353,17 +379,24 @@ def _auto_caps(Zf, A):
 def _run_chunk(Zf, state, n, lr, *, auto: bool, chunk: int):
     """Run ``n <= chunk`` steps; returns the new state and the per-step losses (padded)."""
     sqz = jnp.sum(Zf * Zf)
+    N, S, C = Zf.shape
+    Zt = to_columns(Zf)  # one transpose per chunk, then every pass is one matrix product
+    A, P, X, etaP, etaA = state
+    R = P.shape[1]
+    Xm = jnp.transpose(X, (1, 0, 2)).reshape(C, N * R)
 
     def body(t, carry):
-        (A, P, X, etaP, etaA), losses = carry
+        (A, P, Xm, etaP, etaA), losses = carry
         if auto:
-            A, P, X, f, etaP, etaA = _step_auto(Zf, A, P, X, etaP, etaA, sqz, lr[0], lr[1])
+            A, P, Xm, f, etaP, etaA = _step_auto(Zt, A, P, Xm, etaP, etaA, sqz, lr[0], lr[1])
         else:
-            A, P, X, f = _step_fixed(Zf, A, P, X, lr[0])
-        return (A, P, X, etaP, etaA), losses.at[t].set(f + sqz)
+            A, P, Xm, f = _step_fixed(Zt, A, P, Xm, lr[0])
+        return (A, P, Xm, etaP, etaA), losses.at[t].set(f + sqz)
 
     losses = jnp.full((chunk,), jnp.nan, Zf.dtype)
-    return jax.lax.fori_loop(0, n, body, (state, losses))
+    (A, P, Xm, etaP, etaA), losses = jax.lax.fori_loop(0, n, body, ((A, P, Xm, etaP, etaA), losses))
+    X = jnp.transpose(Xm.reshape(C, N, R), (1, 0, 2))
+    return (A, P, X, etaP, etaA), losses
 
 
 @partial(jax.jit, static_argnames=("chunk", "optimizer"), donate_argnums=(1, 2))
@@ -373,9 +406,11 @@ def _run_chunk_adam(Zf, params, opt_state, n, *, chunk: int, optimizer):
     N = Zf.shape[0]
     sqz = jnp.sum(Zf * Zf)
 
+    Zt = to_columns(Zf)
+
     def mean_loss(A, P):
-        _, Y = _XY(Zf, A, P)
-        return _loss_from_Y(sqz, Y, A.T @ A, P.T @ P)[0] / N
+        Xm = _parts_pass(Zt, P, Zf.shape[2])
+        return (sqz + _f_from_Y(A.T @ Xm, A.T @ A, P.T @ P)[0]) / N
 
     def body(t, carry):
         (A, P), (sP, sA), losses = carry
@@ -578,11 +613,12 @@ def _run_stream_chunk(state, key, t0, n, lr, sample_args, *, sample_fn, batch_si
         (A, P, etaP, etaA), losses = carry
         Zf = flatten(fn(jax.random.fold_in(key, t0 + t), batch_size).astype(A.dtype))
         sqz = jnp.sum(Zf * Zf)
-        X = jnp.einsum("nsc,sr->ncr", Zf, P)
+        Zt = to_columns(Zf)
+        Xm = _parts_pass(Zt, P, Zf.shape[2])
         if auto:
-            A, P, _, f, etaP, etaA = _step_auto(Zf, A, P, X, etaP, etaA, sqz, lr[0], lr[1])
+            A, P, _, f, etaP, etaA = _step_auto(Zt, A, P, Xm, etaP, etaA, sqz, lr[0], lr[1])
         else:
-            A, P, _, f = _step_fixed(Zf, A, P, X, lr[0])
+            A, P, _, f = _step_fixed(Zt, A, P, Xm, lr[0])
         return (A, P, etaP, etaA), losses.at[t].set(f + sqz)
 
     losses = jnp.full((chunk,), jnp.nan, state[0].dtype)
