@@ -25,7 +25,8 @@ def _grad(B, AtA, P, Y):
     W = AtA @ Y
     PtP = P.T @ P
     YtW = Y.T @ W
-    g = B.T @ (-4.0 * Y + 2.0 * W @ PtP) + 2.0 * P @ YtW
+    # (V^T B)^T rather than B^T V: the transposed product runs several times slower on the CPU.
+    g = ((-4.0 * Y + 2.0 * W @ PtP).T @ B).T + 2.0 * P @ YtW
     f = -2.0 * jnp.sum(Y * Y) + jnp.sum(YtW * PtP)
     return g, f
 
@@ -68,15 +69,15 @@ def _refine_one(B, sqz, AtA, P0, eta0, steps, lr, auto):
     return jax.lax.fori_loop(0, steps, step_fixed, (P0, Y0))[0]
 
 
-@partial(jax.jit, static_argnames=("steps", "auto"))
-def _refine(Zf, A, P, lr, *, steps, auto):
+@partial(jax.jit, static_argnames=("steps", "auto", "batch"))
+def _refine(Zf, A, P, lr, *, steps, auto, batch=None):
     B = jnp.einsum("ck,nsc->nks", A, Zf)  # A^T Z_i, fixed
     AtA = A.T @ A
     sqz = jnp.sum(Zf * Zf, axis=(1, 2))
     # Step cap per sample: AUTO_STEP / ||B_i^T B_i||_2 (power iteration); backtracking below it.
     eta0 = AUTO_STEP / jnp.maximum(jax.vmap(_gram_norm)(B), 1e-30)
     one = partial(_refine_one, AtA=AtA, P0=P, steps=steps, lr=lr, auto=auto)
-    return jax.vmap(lambda b, s, e: one(b, s, eta0=e))(B, sqz, eta0)
+    return jax.lax.map(lambda a: one(a[0], a[1], eta0=a[2]), (B, sqz, eta0), batch_size=batch)
 
 
 def _gram_norm(B, iters: int = 20):
@@ -91,10 +92,13 @@ def _gram_norm(B, iters: int = 20):
     return jnp.linalg.norm(B.T @ (B @ v))
 
 
-def refine(features, factors: Factors, steps: int = 100, lr: float | str = "auto"):
+def refine(features, factors: Factors, steps: int = 100, lr: float | str = "auto", batch: int | None = None):
     """Refined parts per sample, ``[N, S, R_S]`` (paper Eq. 6), starting from ``factors.parts``.
 
     ``lr`` is ``"auto"`` (per-sample backtracking) or the original's fixed float step.
+    ``batch``: samples refined at once (vmapped); the rest are mapped over in sequence. The
+    default vmaps all samples on accelerators and takes one at a time on the CPU, where
+    batched small products run slower than the same products one after another.
     """
     x = check_features(features)
     check_factors(factors, x.shape)
@@ -102,7 +106,12 @@ def refine(features, factors: Factors, steps: int = 100, lr: float | str = "auto
     lr_v = _check_lr(lr)
     A = jnp.asarray(factors.appearance, x.dtype)
     P = jnp.maximum(jnp.asarray(factors.parts, x.dtype), 0.0)
-    return _refine(flatten(x), A, P, jnp.asarray(lr_v or 0.0, x.dtype), steps=steps, auto=lr_v is None)
+    if batch is None:
+        batch = 1 if jax.default_backend() == "cpu" else x.shape[0]
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ConfigError(f"batch must be a positive integer; got {batch!r}")
+    return _refine(flatten(x), A, P, jnp.asarray(lr_v or 0.0, x.dtype), steps=steps, auto=lr_v is None,
+                   batch=min(batch, x.shape[0]))
 
 
 def refined_factors(factors: Factors, parts_i) -> Factors:

@@ -197,3 +197,11 @@ def test_sharded_fit_equals_single_device():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     print(out.stdout, out.stderr[-2000:])
     assert out.returncode == 0
+
+
+def test_refine_batched_equals_one_at_a_time():
+    x, f = random_problem(N=5, seed=4)
+    a = pj.refine(x, f, steps=20, batch=1)
+    b = pj.refine(x, f, steps=20, batch=5)
+    c = pj.refine(x, f, steps=20, batch=2)
+    assert float(jnp.abs(a - b).max()) <= 1e-5 and float(jnp.abs(a - c).max()) <= 1e-5
