@@ -34,7 +34,23 @@ def torch_setup() -> dict:
     products underflow run the reference up to a hundred times slower on the CPU (measured),
     which is not what an engine comparison should show. Returns the settings for the report."""
     flushed = bool(torch.set_flush_denormal(True))
-    return {"torch_flush_denormal": flushed, "torch_threads": torch.get_num_threads()}
+    out = {"torch_flush_denormal": flushed, "torch_threads": torch.get_num_threads(), "torch_device": torch_device()}
+    if torch.cuda.is_available():
+        out["torch_allow_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
+    return out
+
+
+def torch_device() -> str:
+    """Where the torch engines run: the GPU when torch sees one, else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _torch_inputs(x, A, P):
+    """Features in the original's ``[N, C, S]`` layout and the factors, as torch tensors on
+    :func:`torch_device` (copies: numpy arrays from JAX are read-only)."""
+    dev = torch_device()
+    return (ref.to_torch_features(x).to(dev), torch.tensor(np.asarray(A), device=dev),
+            torch.tensor(np.asarray(P), device=dev))
 
 
 def time_torch_budget(fn, budget_s: float = 2.0, max_repeat: int = 5) -> float:
@@ -65,6 +81,15 @@ def compiled_memory(jitted, *args, **kwargs) -> dict | None:
         "output_bytes": int(m.output_size_in_bytes),
         "temp_bytes": int(m.temp_size_in_bytes),
     }
+
+
+def time_jax_budget(fn, budget_s: float = 5.0, max_repeat: int = 5) -> float:
+    """``time_jax`` with as many repeats as fit in ``budget_s`` after one warm-up call."""
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    first = time.perf_counter() - t
+    repeat = int(max(1, min(max_repeat, budget_s // max(first, 1e-9))))
+    return time_jax(fn, repeat=repeat, warmup=0)
 
 
 def problem(n, size, channels, ranks, seed=0):
@@ -108,11 +133,10 @@ def fit_iteration(n=16, size=32, channels=512, ranks=(512, 8), ref_iters=1, jax_
     x, A, P = problem(n, size, channels, ranks)
     S = size * size
     lr = 1e-9
-    Zt = ref.to_torch_features(x)
-    At, Pt = torch.from_numpy(A), torch.from_numpy(P)
+    Zt, At, Pt = _torch_inputs(x, A, P)
     n_ref = _reference_samples(n, size, channels, ranks, ref_budget_flops)
     t_ref = time_torch_budget(lambda: ref.decompose(Zt[:n_ref], At, Pt, lr, ref_iters), ref_budget_s) / ref_iters * n / n_ref
-    t_fast = time_torch(lambda: ref.decompose_fast(Zt, At, Pt, lr, jax_iters), repeat=repeat) / jax_iters
+    t_fast = time_torch_budget(lambda: ref.decompose_fast(Zt, At, Pt, lr, jax_iters), ref_budget_s, repeat) / jax_iters
 
     Zf = flatten(jnp.asarray(x))
     lr_arg = (jnp.float32(lr), jnp.float32(lr))
@@ -123,7 +147,7 @@ def fit_iteration(n=16, size=32, channels=512, ranks=(512, 8), ref_iters=1, jax_
         state = (Aj + 0, Pj + 0, jnp.einsum("nsc,sr->ncr", Zf, Pj), lr_arg[0] + 0, lr_arg[1] + 0)
         return _run_chunk(Zf, state, steps, lr_arg, auto=False, chunk=jax_iters)
 
-    t_jax = time_jax(lambda: run(jax_iters), repeat=repeat) / jax_iters
+    t_jax = time_jax_budget(lambda: run(jax_iters), ref_budget_s, repeat) / jax_iters
     state = (Aj, Pj, jnp.einsum("nsc,sr->ncr", Zf, Pj), lr_arg[0], lr_arg[1])
     mem = compiled_memory(_run_chunk, Zf, state, jax_iters, lr_arg, auto=False, chunk=jax_iters)
     flops = cost.fit_step_flops(n, S, channels, *ranks)
@@ -159,7 +183,7 @@ def fit_iteration(n=16, size=32, channels=512, ranks=(512, 8), ref_iters=1, jax_
             f = pj.Factors(Aj, Pj, size, size)
             return pj.fit(x, ranks, steps=steps, init=f, chunk=jax_iters).factors.parts
 
-        out["panda_jax_auto_lr_s"] = time_jax(lambda: run_auto(jax_iters), repeat=repeat) / jax_iters
+        out["panda_jax_auto_lr_s"] = time_jax_budget(lambda: run_auto(jax_iters), ref_budget_s, repeat) / jax_iters
     return out
 
 
@@ -209,8 +233,7 @@ def convergence(x, ranks, iters=200, *, tol=1e-3, key=None, repeat=1):
     t_jax = time_jax(lambda: pj.fit(x, ranks, steps=iters, lr=lr, init=init, chunk=iters).factors.parts,
                      repeat=repeat, warmup=0)
 
-    Zt = ref.to_torch_features(x)
-    At, Pt = torch.from_numpy(A0.copy()), torch.from_numpy(P0.copy())
+    Zt, At, Pt = _torch_inputs(x, A0, P0)
 
     def trajectory(step, timed):
         Uc, Us, losses, secs = At.clone(), Pt.clone(), [], 0.0
@@ -307,16 +330,15 @@ def refinement(size=32, channels=512, rank_c=512, rank_s=16, steps=100, batch=1,
     Aj = jnp.asarray(A)
     lam = float(jnp.max(jnp.linalg.norm(jnp.einsum("ck,nsc->nks", Aj, flatten(jnp.asarray(x))), axis=(1, 2)) ** 2))
     lr = 0.1 / lam
-    Zt = ref.to_torch_features(x)
-    At, Pt = torch.from_numpy(A), torch.from_numpy(P)
+    Zt, At, Pt = _torch_inputs(x, A, P)
     ref_steps = min(ref_steps, steps)
     ref_samples = batch if ref_samples is None else max(1, min(ref_samples, batch))
     t_ref = time_torch_budget(lambda: [ref.refine(Zt[i: i + 1], At, Pt, lr, ref_steps) for i in range(ref_samples)],
                               ref_budget_s) * (steps / ref_steps) * (batch / ref_samples)
-    t_fast = time_torch(lambda: refine_fast(Zt, At, Pt, lr, steps), repeat=repeat)
+    t_fast = time_torch_budget(lambda: refine_fast(Zt, At, Pt, lr, steps), ref_budget_s, repeat)
     Zf = flatten(jnp.asarray(x))
     Pj, lrj = jnp.asarray(P), jnp.float32(lr)
-    t_jax = time_jax(lambda: _refine(Zf, Aj, Pj, lrj, steps=steps, auto=False), repeat=repeat)
+    t_jax = time_jax_budget(lambda: _refine(Zf, Aj, Pj, lrj, steps=steps, auto=False), ref_budget_s, repeat)
     out = {
         "samples": batch,
         "steps": steps,
@@ -332,15 +354,16 @@ def refinement(size=32, channels=512, rank_c=512, rank_s=16, steps=100, batch=1,
     }
     if batch > 1:
         singles = [Zf[i: i + 1] for i in range(batch)]
-        out["panda_jax_singles_s"] = time_jax(
-            lambda: [_refine(z, Aj, Pj, lrj, steps=steps, auto=False) for z in singles], repeat=repeat)
+        out["panda_jax_singles_s"] = time_jax_budget(
+            lambda: [_refine(z, Aj, Pj, lrj, steps=steps, auto=False) for z in singles], ref_budget_s, repeat)
         out["vmap_speedup_vs_singles"] = out["panda_jax_singles_s"] / t_jax
     if auto:
-        out["panda_jax_auto_lr_s"] = time_jax(lambda: _refine(Zf, Aj, Pj, lrj, steps=steps, auto=True), repeat=repeat)
+        out["panda_jax_auto_lr_s"] = time_jax_budget(lambda: _refine(Zf, Aj, Pj, lrj, steps=steps, auto=True),
+                                                     ref_budget_s, repeat)
     # Agreement of the engines after a few steps (same lr, same start).
     k = min(steps, 5)
-    r = ref.refine(Zt[:1], At, Pt, lr, k).numpy()
-    f = refine_fast(Zt[:1], At, Pt, lr, k)[0].numpy()
+    r = ref.refine(Zt[:1], At, Pt, lr, k).cpu().numpy()
+    f = refine_fast(Zt[:1], At, Pt, lr, k)[0].cpu().numpy()
     j = np.asarray(_refine(Zf[:1], Aj, Pj, lrj, steps=k, auto=False)[0])
     den = max(float(np.abs(r).max()), 1e-30)
     out["max_rel_diff_after_%d_steps" % k] = {

@@ -74,8 +74,11 @@ def _machine(res) -> str:
         ["cores (os.cpu_count)", m.get("cpu_count", "?")],
         ["platform", m.get("platform", "?")],
         ["JAX", f"{m.get('jax', '?')}, backend {m.get('jax_backend', '?')}, devices {', '.join(m.get('jax_devices', []))}"],
-        ["PyTorch", f"{m.get('torch', '?')}, {meta.get('torch_threads', m.get('torch_threads', '?'))} threads, "
-                    f"denormals flushed: {meta.get('torch_flush_denormal', '?')}"],
+        ["PyTorch", f"{m.get('torch', '?')} on {meta.get('torch_device', 'cpu')}, "
+                    f"{meta.get('torch_threads', m.get('torch_threads', '?'))} threads, "
+                    f"denormals flushed: {meta.get('torch_flush_denormal', '?')}"
+                    + (f", TF32 matmuls: {meta['torch_allow_tf32']}" if "torch_allow_tf32" in meta else "")],
+        ["JAX float32 matmul precision", str(meta.get("jax_matmul_precision", "?"))],
     ]
     if m.get("gpu"):
         rows.append(["GPU", m["gpu"]])

@@ -56,20 +56,21 @@ PLANS = {
                   "repeat": 2},
         "memory": {"size": 8, "channels": 32, "ranks": [8, 4], "batch": 8, "steps": 2, "hosvd_batches": 1,
                    "stream": [1, 10, 100], "full": [1, 10], "lr": "1e-6"},
-        # Subprocesses run beside the in-process measurements to save wall time.
-        "concurrent_workers": True,
+        # Subprocesses after the in-process measurements: beside them, they share the cores and
+        # torch's threads stall on each other (small reference calls measured up to 100x slower).
+        "concurrent_workers": False,
     },
     "full": {
         "rates": {"matmul_n": 2048, "memory_mb": 512},
         "sweep": {"sizes": [8, 16, 32, 64], "n": 16, "channels": 512, "ranks": [512, 8],
                   "n_list": [4, 8, 16, 32, 64], "n_size": 32, "n_channels": 512, "n_ranks": [512, 8],
                   "iters": 20, "repeat": 5, "ref_budget_flops": 5e10, "ref_budget_s": 5.0},
-        "convergence": {"model": "dcgan", "layer": 3, "n": 32, "ranks": [64, 8], "iters": 300, "tol": 1e-3},
+        "convergence": {"model": "dcgan", "layer": 3, "n": 32, "ranks": [64, 8], "iters": 200, "tol": 1e-3},
         "stochastic": {"runs": [["dcgan", 3, [128, 8], 16], ["dcgan", 4, [64, 8], 16],
                                 ["stylegan2", 4, [32, 8], 16], ["stylegan2", 8, [8, 8], 16]],
                        "steps": 50, "hosvd_batches": 10, "repeat": 3, "detail": True},
         "refinement": {"size": 32, "channels": 512, "ranks": [512, 16], "steps": 100, "batches": [1, 64],
-                       "ref_steps": 10, "ref_samples": 4, "ref_budget_s": 5.0, "repeat": 5, "auto": True},
+                       "ref_steps": 2, "ref_samples": 2, "ref_budget_s": 5.0, "repeat": 5, "auto": True},
         "edits": {"runs": [["dcgan", 3, 16], ["dcgan", 4, 16], ["stylegan2", 4, 16], ["stylegan2", 8, 16]],
                   "repeat": 5, "detail": True},
         "scale": {"devices": [1, 2, 4], "n": 30, "size": 32, "channels": 128, "ranks": [64, 8], "steps": 50,
@@ -451,7 +452,7 @@ def measure(mode: str, only=None) -> tuple[dict, list]:
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": machine(),
         **torch_settings,
-        "jax_matmul_precision": str(jax.config.jax_default_matmul_precision),
+        "jax_matmul_precision": str(jax.config.jax_default_matmul_precision or "default"),
         "concurrent_workers": plan["concurrent_workers"],
         "plan": plan,
         "command": " ".join(["python -m benchmarks.run"] + sys.argv[1:]),
@@ -498,7 +499,9 @@ def _torch_matmul_gflops(n: int, repeat: int = 5) -> float:
 
     from .common import time_torch
 
-    a = torch.ones((n, n), dtype=torch.float32)
+    from .factorize import torch_device
+
+    a = torch.ones((n, n), dtype=torch.float32, device=torch_device())
     return 2 * n**3 / time_torch(lambda: a @ a, repeat=repeat) / 1e9
 
 
