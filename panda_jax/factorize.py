@@ -237,15 +237,8 @@ def hosvd_init(features_or_sample_fn, rank_c: int, *, key=None, batches: int = 1
         if not 1 <= rank_c <= C:
             raise RankError(f"R_C = {rank_c} must be in 1..{C} (the channels)")
 
-        @jax.jit
-        def run(key, args):
-            def body(i, acc):
-                Z = _bind(features_or_sample_fn, args)(jax.random.fold_in(key, i), batch_size)
-                return acc + _scatter(flatten(Z.astype(jnp.float32)))
-
-            return jax.lax.fori_loop(0, batches, body, jnp.zeros((C, C), jnp.float32))
-
-        scat = run(key, sample_args)
+        scat = _streamed_scatter(key, sample_args, sample_fn=features_or_sample_fn, batches=batches,
+                                 batch_size=batch_size, C=C)
         if not bool(jnp.all(jnp.isfinite(scat))):
             raise FeatureError("sample_fn produced NaN/inf features; check the generator at this layer")
         return _top_eigvecs(scat, rank_c)
@@ -254,6 +247,17 @@ def hosvd_init(features_or_sample_fn, rank_c: int, *, key=None, batches: int = 1
     if not 1 <= rank_c <= C:
         raise RankError(f"R_C = {rank_c} must be in 1..{C} (the channels)")
     return _top_eigvecs(_scatter(flatten(x)), rank_c)
+
+
+@partial(jax.jit, static_argnames=("sample_fn", "batches", "batch_size", "C"))
+def _streamed_scatter(key, args, *, sample_fn, batches, batch_size, C):
+    """``sum_i Z_i Z_i^T`` over ``batches`` fresh batches; compiled once per sample_fn."""
+
+    def body(i, acc):
+        Z = _bind(sample_fn, args)(jax.random.fold_in(key, i), batch_size)
+        return acc + _scatter(flatten(Z.astype(jnp.float32)))
+
+    return jax.lax.fori_loop(0, batches, body, jnp.zeros((C, C), jnp.float32))
 
 
 def _bind(sample_fn, args):

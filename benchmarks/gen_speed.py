@@ -1,0 +1,76 @@
+"""Images per second of ``generate`` and of ``render`` from a middle layer, per generator family.
+
+    python -m benchmarks.gen_speed [--batch 8] [--out FILE.json]
+
+Runs on the checkpoints under the test vectors (small random-initialised models in the real
+on-disk formats; no real weights can be fetched here) and on the embedded faces DCGAN.
+Timed after warm-up (compilation excluded) with ``block_until_ready``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+
+import jax
+
+import convert
+import ported_gens
+
+from .common import machine, time_jax
+from .generators import checkpoint
+
+MODELS = {
+    # name: (source, layer to render from)
+    "dcgan_faces64": ("dcgan", 2),
+    "pggan (64px test model)": ("pggan_genforce", 4),
+    "stylegan (128px test model)": ("stylegan_genforce", 5),
+    "stylegan2 (64px test model)": ("stylegan2_genforce", 4),
+    "stylegan2-ada nvlabs (64px test model)": ("stylegan2_ada_nvlabs", 4),
+    "stylegan3-t (test model)": ("stylegan3_t", 7),
+    "stylegan3-r (test model)": ("stylegan3_r", 7),
+    "biggan-deep (test model)": ("biggan_deep", 5),
+}
+
+
+def measure(src: str, layer: int, batch: int) -> dict:
+    with tempfile.TemporaryDirectory() as d:
+        convert.convert(checkpoint(src), os.path.join(d, "m"))
+        G = ported_gens.load(os.path.join(d, "m"))
+        lat = G.sample_latents(jax.random.key(0), batch)
+        Z, ctx = G.features(lat, layer)
+        t_gen = time_jax(lambda: G.generate(lat), repeat=5)
+        t_ren = time_jax(lambda: G.render(Z, layer, ctx), repeat=5)
+        img = G.generate(lat)
+    return {
+        "family": G.family,
+        "image_shape": list(img.shape[1:]),
+        "layer": layer,
+        "feature_shape": list(G.layers[layer]),
+        "batch": batch,
+        "generate_images_per_s": batch / t_gen,
+        "render_images_per_s": batch / t_ren,
+    }
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--out", default=None, help="also write the results to this JSON file")
+    a = ap.parse_args(argv)
+    res = {"machine": machine(), "results": {}}
+    for name, (src, layer) in MODELS.items():
+        res["results"][name] = measure(src, layer, a.batch)
+        r = res["results"][name]
+        print(f"{name:40s} {r['image_shape']}  generate {r['generate_images_per_s']:8.1f} img/s   "
+              f"render from layer {layer} {r['render_images_per_s']:8.1f} img/s", flush=True)
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(res, f, indent=2)
+    return res
+
+
+if __name__ == "__main__":
+    main()
