@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 
+from ._io import atomic_write
 from .errors import CheckpointError, ConfigError, FactorsError, PandaError, RankError
 
 PROG = "panda-jax"
@@ -142,31 +143,13 @@ class _Staging:
         return False
 
 
-def _atomic_bytes_writer(path: str, write) -> str:
-    d = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
 def _write_json(path: str, obj) -> str:
     def write(tmp):
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=True)
             f.write("\n")
 
-    return _atomic_bytes_writer(path, write)
+    return atomic_write(path, write)
 
 
 def _save_npz(path: str, **arrays) -> str:
@@ -176,7 +159,7 @@ def _save_npz(path: str, **arrays) -> str:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
 
-    return _atomic_bytes_writer(path, write)
+    return atomic_write(path, write)
 
 
 # ---- models, features, rendering --------------------------------------------------------

@@ -11,13 +11,13 @@ import json
 import math
 import os
 import re
-import tempfile
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._io import atomic_write
 from .errors import FactorsError
 
 FILE_VERSION = 1
@@ -104,20 +104,6 @@ def check_factors(factors: Factors, features_shape: tuple | None = None) -> None
             )
 
 
-def _atomic_write(path: str, write) -> None:
-    d = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_factors(path: str, factors: Factors) -> str:
     """Write the factors and their metadata to one ``.npz`` file (atomically)."""
     check_factors(factors)
@@ -143,7 +129,7 @@ def save_factors(path: str, factors: Factors) -> str:
                 ),
             )
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
     return path
 
 
@@ -229,5 +215,5 @@ def save_original(out_dir: str, factors: Factors, model: str | None = None, laye
             with open(tmp, "wb") as f:
                 np.save(f, np.asarray(arr, np.float32))
 
-        _atomic_write(path, write)
+        atomic_write(path, write)
     return paths

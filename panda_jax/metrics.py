@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .errors import ConfigError
-from .factorize import check_features, flatten
+from .factorize import check_features
 from .factors import Factors, check_factors
 
 

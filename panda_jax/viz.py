@@ -20,12 +20,12 @@ sibling, then a rename) and return the path.
 from __future__ import annotations
 
 import html
-import os
-import tempfile
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
+
+from ._io import atomic_write
 
 # Distinct colours for parts (tab10 then the paler tab20 halves, as 0..255 RGB).
 _PALETTE = np.array(
@@ -98,26 +98,7 @@ def tile(images: Sequence[np.ndarray], cols: int, pad: int = 2, fill: int = 255)
     return out
 
 
-# ---- atomic writes -------------------------------------------------------------------------
-
-
-def _atomic(path: str, write) -> str:
-    d = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(d, exist_ok=True)
-    base, ext = os.path.splitext(os.path.basename(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + base + ".", suffix=".tmp" + ext, dir=d)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+# ---- image files ---------------------------------------------------------------------------
 
 
 def save_image(path: str, img: np.ndarray, scale: int = 1) -> str:
@@ -125,14 +106,14 @@ def save_image(path: str, img: np.ndarray, scale: int = 1) -> str:
     img = np.asarray(img)
     if scale > 1:
         img = np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
-    return _atomic(path, lambda tmp: Image.fromarray(img).save(tmp, format="PNG"))
+    return atomic_write(path, lambda tmp: Image.fromarray(img).save(tmp, format="PNG"))
 
 
 def _save_figure(path: str, fig) -> str:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
-    return _atomic(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight", pad_inches=0.05, dpi=100))
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight", pad_inches=0.05, dpi=100))
 
 
 def _figure(width: float, height: float):
@@ -318,7 +299,7 @@ def save_gif(path: str, frames, duration_ms: int = 80, boomerang: bool = True, s
     def write(tmp):
         ims[0].save(tmp, format="GIF", save_all=True, append_images=ims[1:], duration=duration_ms, loop=0)
 
-    return _atomic(path, write)
+    return atomic_write(path, write)
 
 
 def save_loss_curve(path: str, losses, title: str = "loss", ylabel: str = "summed loss") -> str:
@@ -392,4 +373,4 @@ def write_report(path: str, title: str, sections: Sequence[dict]) -> str:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
 
-    return _atomic(path, write)
+    return atomic_write(path, write)

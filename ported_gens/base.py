@@ -28,7 +28,7 @@ import os
 import shutil
 import tempfile
 from functools import partial
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
