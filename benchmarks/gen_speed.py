@@ -20,24 +20,24 @@ import convert
 import ported_gens
 
 from .common import machine, time_jax
-from .generators import checkpoint
+from .generators import TESTVECTORS, checkpoint
 
 MODELS = {
-    # name: (source, layer to render from)
+    # name: (source: 'dcgan' or a path under the test vectors, layer to render from)
     "dcgan_faces64": ("dcgan", 2),
-    "pggan (64px test model)": ("pggan_genforce", 4),
-    "stylegan (128px test model)": ("stylegan_genforce", 5),
-    "stylegan2 (64px test model)": ("stylegan2_genforce", 4),
-    "stylegan2-ada nvlabs (64px test model)": ("stylegan2_ada_nvlabs", 4),
-    "stylegan3-t (test model)": ("stylegan3_t", 7),
-    "stylegan3-r (test model)": ("stylegan3_r", 7),
+    "pggan (test model)": ("pggan_genforce/checkpoint.pth", 4),
+    "stylegan (test model)": ("stylegan_genforce/checkpoint.pth", 5),
+    "stylegan2 (test model)": ("stylegan2_genforce/checkpoint.pth", 4),
+    "stylegan2-ada nvlabs (test model)": ("stylegan2_ada_nvlabs/G_ema.pt", 4),
+    "stylegan3-t (test model)": ("stylegan3_t/G_ema.pt", 7),
+    "stylegan3-r (test model)": ("stylegan3_r/G_ema.pt", 7),
     "biggan-deep (test model)": ("biggan_deep", 5),
 }
 
 
 def measure(src: str, layer: int, batch: int) -> dict:
     with tempfile.TemporaryDirectory() as d:
-        convert.convert(checkpoint(src), os.path.join(d, "m"))
+        convert.convert(checkpoint(src) if src == "dcgan" else os.path.join(TESTVECTORS, src), os.path.join(d, "m"))
         G = ported_gens.load(os.path.join(d, "m"))
         lat = G.sample_latents(jax.random.key(0), batch)
         Z, ctx = G.features(lat, layer)
