@@ -46,6 +46,7 @@ import numpy as np
 from panda_jax.errors import CheckpointError
 
 from . import readers
+from .genforce import _apply, _t_same
 
 NAME = "nvlabs_stylegan2"
 FAMILIES = ("stylegan2",)
@@ -213,14 +214,6 @@ def _t_minus_one(a):
     return a - np.float32(1)
 
 
-def _t_same(a):
-    return a
-
-
-def _apply(fn, v):
-    if isinstance(v, tuple):
-        return tuple(fn(np.broadcast_to(np.float32(0), v)).shape)
-    return np.asarray(fn(np.asarray(v, np.float32)), np.float32)
 
 
 def rules(cfg: dict) -> tuple[list, list[str]]:
