@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 import panda_jax as pj
-from panda_jax.factorize import AUTO_STEP, _run_chunk, block_curvatures, flatten, init_parts
+from panda_jax.factorize import AUTO_STEP, _parts_pass, _run_chunk, block_curvatures, flatten, init_parts, to_columns
 from panda_jax.refine import _refine
 
 from . import cost
@@ -138,18 +138,18 @@ def fit_iteration(n=16, size=32, channels=512, ranks=(512, 8), ref_iters=1, jax_
     t_ref = time_torch_budget(lambda: ref.decompose(Zt[:n_ref], At, Pt, lr, ref_iters), ref_budget_s) / ref_iters * n / n_ref
     t_fast = time_torch_budget(lambda: ref.decompose_fast(Zt, At, Pt, lr, jax_iters), ref_budget_s, repeat) / jax_iters
 
-    Zf = flatten(jnp.asarray(x))
+    Zcols = to_columns(flatten(jnp.asarray(x)))
     lr_arg = (jnp.float32(lr), jnp.float32(lr))
     Aj, Pj = jnp.asarray(A), jnp.asarray(P)
 
     def run(steps):
         # The state is donated, so it is rebuilt per call (X = Z P, as decompose_fast does).
-        state = (Aj + 0, Pj + 0, jnp.einsum("nsc,sr->ncr", Zf, Pj), lr_arg[0] + 0, lr_arg[1] + 0)
-        return _run_chunk(Zf, state, steps, lr_arg, auto=False, chunk=jax_iters)
+        state = (Aj + 0, Pj + 0, _parts_pass(Zcols, Pj, channels), lr_arg[0] + 0, lr_arg[1] + 0)
+        return _run_chunk(Zcols, state, steps, lr_arg, auto=False, chunk=jax_iters)
 
     t_jax = time_jax_budget(lambda: run(jax_iters), ref_budget_s, repeat) / jax_iters
-    state = (Aj, Pj, jnp.einsum("nsc,sr->ncr", Zf, Pj), lr_arg[0], lr_arg[1])
-    mem = compiled_memory(_run_chunk, Zf, state, jax_iters, lr_arg, auto=False, chunk=jax_iters)
+    state = (Aj, Pj, _parts_pass(Zcols, Pj, channels), lr_arg[0], lr_arg[1])
+    mem = compiled_memory(_run_chunk, Zcols, state, jax_iters, lr_arg, auto=False, chunk=jax_iters)
     flops = cost.fit_step_flops(n, S, channels, *ranks)
     ref_flops = cost.reference_step_flops(n, S, channels, *ranks)
     nbytes = cost.fit_step_feature_bytes(n, S, channels)
@@ -219,7 +219,7 @@ def convergence(x, ranks, iters=200, *, tol=1e-3, key=None, repeat=1):
     A0 = np.array(pj.hosvd_init(x, rc))
     P0 = np.array(init_parts(key, H * W, rs))
     init = pj.Factors(jnp.asarray(A0), jnp.asarray(P0), H, W)
-    lam_s, lam_c = (float(v) for v in block_curvatures(flatten(jnp.asarray(x)), jnp.asarray(A0)))
+    lam_s, lam_c = (float(v) for v in block_curvatures(to_columns(flatten(jnp.asarray(x))), jnp.asarray(A0)))
     lr = AUTO_STEP / max(lam_s, lam_c)
     for _ in range(30):
         try:

@@ -246,13 +246,14 @@ def compiled_memory_rows(plan):
     rc, rs = plan["ranks"]
     f32 = jnp.float32
     sds = jax.ShapeDtypeStruct
-    Zf, A, P, X, e = sds((n, S, C), f32), sds((C, rc), f32), sds((S, rs), f32), sds((n, C, rs), f32), sds((), f32)
+    Zf, A, P, e = sds((n, S, C), f32), sds((C, rc), f32), sds((S, rs), f32), sds((), f32)
+    Zt, X = sds((S, n * C), f32), sds((C, n * rs), f32)  # the fit loop's layout (to_columns)
     feature_bytes = n * S * C * 4
     rows = []
     for name, fn, args, kw in (
-        ("fit loop, fixed lr (_run_chunk)", _run_chunk, (Zf, (A, P, X, e, e), 4, (e, e)), {"auto": False, "chunk": 4}),
-        ("fit loop, lr='auto' (_run_chunk)", _run_chunk, (Zf, (A, P, X, e, e), 4, (e, e)), {"auto": True, "chunk": 4}),
-        ("step-size curvature estimate (block_curvatures)", block_curvatures, (Zf, A), {}),
+        ("fit loop, fixed lr (_run_chunk)", _run_chunk, (Zt, (A, P, X, e, e), 4, (e, e)), {"auto": False, "chunk": 4}),
+        ("fit loop, lr='auto' (_run_chunk)", _run_chunk, (Zt, (A, P, X, e, e), 4, (e, e)), {"auto": True, "chunk": 4}),
+        ("step-size curvature estimate (block_curvatures)", block_curvatures, (Zt, A), {}),
         ("HOSVD scatter matrix (_scatter)", _scatter, (Zf,), {}),
     ):
         m = compiled_memory(fn, *args, **kw)

@@ -343,22 +343,25 @@ AUTO_STEP = 0.5  # fraction of 1/L used as the step-size cap
 
 
 @partial(jax.jit, static_argnames=("iters",))
-def block_curvatures(Zf, A, iters: int = 30):
-    """Power-iteration estimates of the two blocks' curvature scales:
+def block_curvatures(Zt, A, iters: int = 30):
+    """Power-iteration (features as ``Zt = [S, N*C]``, see :func:`to_columns`) estimates of the two blocks' curvature scales:
     ``lam_S = ||sum_i Z_i^T A A^T Z_i||_2`` (parts) and ``lam_C = ||sum_i Z_i Z_i^T||_2``
     (appearances; parts with unit columns). Reads the features ``2 * iters`` times; no
     ``S x S`` or ``C x C`` matrix is formed."""
-    N, S, C = Zf.shape
+    S, NC = Zt.shape
+    C = A.shape[0]
+    N = NC // C
 
     def op_s(v):
-        t = jnp.einsum("nsc,s->nc", Zf, v)
-        return jnp.einsum("nsc,nc->s", Zf, (t @ A) @ A.T)
+        t = (v @ Zt).reshape(N, C)
+        return Zt @ ((t @ A) @ A.T).reshape(NC)
 
     def op_c(v):
-        return jnp.einsum("nsc,ns->c", Zf, jnp.einsum("nsc,c->ns", Zf, v))
+        u = (Zt.reshape(S * N, C) @ v).reshape(S, N)  # u[s, n] = (Z_n v)_s
+        return jnp.einsum("sn,snc->c", u, Zt.reshape(S, N, C))
 
     def power(op, n):
-        v = jnp.ones((n,), Zf.dtype) / jnp.sqrt(n)
+        v = jnp.ones((n,), Zt.dtype) / jnp.sqrt(n)
 
         def body(_, v):
             w = op(v)
@@ -370,8 +373,8 @@ def block_curvatures(Zf, A, iters: int = 30):
     return power(op_s, S), power(op_c, C)
 
 
-def _auto_caps(Zf, A):
-    lam_s, lam_c = block_curvatures(Zf, A)
+def _auto_caps(Zt, A):
+    lam_s, lam_c = block_curvatures(Zt, A)
     return AUTO_STEP / jnp.maximum(lam_s, 1e-30), AUTO_STEP / jnp.maximum(lam_c, 1e-30)
 
 
@@ -380,14 +383,11 @@ def _auto_caps(Zf, A):
 
 
 @partial(jax.jit, static_argnames=("auto", "chunk"), donate_argnums=(1,))
-def _run_chunk(Zf, state, n, lr, *, auto: bool, chunk: int):
-    """Run ``n <= chunk`` steps; returns the new state and the per-step losses (padded)."""
-    sqz = jnp.sum(Zf * Zf)
-    N, S, C = Zf.shape
-    Zt = to_columns(Zf)  # one transpose per chunk, then every pass is one matrix product
-    A, P, X, etaP, etaA = state
-    R = P.shape[1]
-    Xm = jnp.transpose(X, (1, 0, 2)).reshape(C, N * R)
+def _run_chunk(Zt, state, n, lr, *, auto: bool, chunk: int):
+    """Run ``n <= chunk`` steps on ``Zt = [S, N*C]`` (:func:`to_columns`); the state is
+    ``(A, P, Xm, etaP, etaA)`` with ``Xm = _parts_pass(Zt, P, C)``. Returns the new state and
+    the per-step losses (padded)."""
+    sqz = jnp.sum(Zt * Zt)
 
     def body(t, carry):
         (A, P, Xm, etaP, etaA), losses = carry
@@ -397,23 +397,20 @@ def _run_chunk(Zf, state, n, lr, *, auto: bool, chunk: int):
             A, P, Xm, f = _step_fixed(Zt, A, P, Xm, lr[0])
         return (A, P, Xm, etaP, etaA), losses.at[t].set(f + sqz)
 
-    losses = jnp.full((chunk,), jnp.nan, Zf.dtype)
-    (A, P, Xm, etaP, etaA), losses = jax.lax.fori_loop(0, n, body, ((A, P, Xm, etaP, etaA), losses))
-    X = jnp.transpose(Xm.reshape(C, N, R), (1, 0, 2))
-    return (A, P, X, etaP, etaA), losses
+    losses = jnp.full((chunk,), jnp.nan, Zt.dtype)
+    return jax.lax.fori_loop(0, n, body, (state, losses))
 
 
 @partial(jax.jit, static_argnames=("chunk", "optimizer"), donate_argnums=(1, 2))
-def _run_chunk_adam(Zf, params, opt_state, n, *, chunk: int, optimizer):
+def _run_chunk_adam(Zt, params, opt_state, n, *, chunk: int, optimizer):
     import optax
 
-    N = Zf.shape[0]
-    sqz = jnp.sum(Zf * Zf)
-
-    Zt = to_columns(Zf)
+    C = params[0].shape[0]
+    N = Zt.shape[1] // C
+    sqz = jnp.sum(Zt * Zt)
 
     def mean_loss(A, P):
-        Xm = _parts_pass(Zt, P, Zf.shape[2])
+        Xm = _parts_pass(Zt, P, C)
         return (sqz + _f_from_Y(A.T @ Xm, A.T @ A, P.T @ P)[0]) / N
 
     def body(t, carry):
@@ -426,7 +423,7 @@ def _run_chunk_adam(Zf, params, opt_state, n, *, chunk: int, optimizer):
         A = optax.apply_updates(A, upd)
         return (A, P), (sP, sA), losses.at[t].set(f * N)
 
-    losses = jnp.full((chunk,), jnp.nan, Zf.dtype)
+    losses = jnp.full((chunk,), jnp.nan, Zt.dtype)
     return jax.lax.fori_loop(0, n, body, (params, opt_state, losses))
 
 
@@ -446,20 +443,21 @@ class FitResult:
         return float(self.losses[-1]) if len(self.losses) else float("nan")
 
 
-def _mesh_put(Zf):
-    """Shard samples over all devices (a one-axis ``data`` mesh); pad with zero samples,
-    which add nothing to the loss or the gradients."""
+def _columns_put(Zf):
+    """The features as ``Zt = [S, N*C]``, transposed once. With several devices, samples are
+    sharded over a one-axis ``data`` mesh (column blocks of whole samples), padded with zero
+    samples, which add nothing to the loss or the gradients. Returns ``(Zt, replicated)``."""
     devs = jax.devices()
     if len(devs) == 1:
-        return Zf, None
+        return jax.jit(to_columns)(Zf), None
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     mesh = Mesh(np.array(devs), ("data",))
     pad = (-Zf.shape[0]) % len(devs)
     if pad:
         Zf = jnp.concatenate([Zf, jnp.zeros((pad,) + Zf.shape[1:], Zf.dtype)])
-    Zf = jax.device_put(Zf, NamedSharding(mesh, PartitionSpec("data")))
-    return Zf, NamedSharding(mesh, PartitionSpec())
+    Zt = jax.jit(to_columns, out_shardings=NamedSharding(mesh, PartitionSpec(None, "data")))(Zf)
+    return Zt, NamedSharding(mesh, PartitionSpec())
 
 
 def _progress(total, enabled, desc):
@@ -536,11 +534,13 @@ def fit(
     else:
         raise ConfigError(f"init must be 'hosvd' or a Factors; got {init!r}")
 
-    replicated = None
     if shard:
-        Zf, replicated = _mesh_put(Zf)
+        Zt, replicated = _columns_put(Zf)
         if replicated is not None:
             A, P = jax.device_put(A, replicated), jax.device_put(P, replicated)
+    else:
+        Zt = jax.jit(to_columns)(Zf)
+    del Zf  # from here on the features are read only as Zt
 
     chunk = min(chunk, steps)
     t0 = time.perf_counter()
@@ -550,11 +550,11 @@ def fit(
     lr_info: dict = {}
     if method == "pgd":
         auto = lr_v is None
-        X = jnp.einsum("nsc,sr->ncr", Zf, P)
+        X = jax.jit(_parts_pass, static_argnums=2)(Zt, P, C)
         if auto:
-            lr_arg = tuple(jnp.asarray(c, Zf.dtype) for c in _auto_caps(Zf, A))
+            lr_arg = tuple(jnp.asarray(c, Zt.dtype) for c in _auto_caps(Zt, A))
         else:
-            lr_arg = (jnp.asarray(lr_v, Zf.dtype),) * 2
+            lr_arg = (jnp.asarray(lr_v, Zt.dtype),) * 2
         state = (A, P, X, lr_arg[0] + 0, lr_arg[1] + 0)  # copies: the state is donated
     else:
         import optax
@@ -566,9 +566,9 @@ def fit(
         while done < steps:
             n = min(chunk, steps - done)
             if method == "pgd":
-                state, ls = _run_chunk(Zf, state, n, lr_arg, auto=auto, chunk=chunk)
+                state, ls = _run_chunk(Zt, state, n, lr_arg, auto=auto, chunk=chunk)
             else:
-                params, opt_state, ls = _run_chunk_adam(Zf, params, opt_state, n, chunk=chunk, optimizer=optimizer)
+                params, opt_state, ls = _run_chunk_adam(Zt, params, opt_state, n, chunk=chunk, optimizer=optimizer)
             ls = np.asarray(ls)[:n]
             if not np.all(np.isfinite(ls)):
                 desc = "auto" if (method == "pgd" and lr_v is None) else repr(lr_v)
@@ -678,7 +678,7 @@ def fit_stream(
         Z0 = flatten(fn(k_init, batch_size).astype(jnp.float32))
         if not bool(jnp.all(jnp.isfinite(Z0))):
             raise FeatureError("sample_fn produced NaN/inf features; check the generator at this layer")
-        lr_arg = tuple(jnp.asarray(c, jnp.float32) for c in _auto_caps(Z0, A))
+        lr_arg = tuple(jnp.asarray(c, jnp.float32) for c in _auto_caps(to_columns(Z0), A))
     else:
         lr_arg = (jnp.float32(lr_v),) * 2
     state = (A, P, lr_arg[0] + 0, lr_arg[1] + 0)  # copies: the state is donated

@@ -13,7 +13,7 @@ import torch
 
 import panda_jax as pj
 from benchmarks import torch_reference as ref
-from panda_jax.factorize import block_curvatures, flatten, grads, naive_loss
+from panda_jax.factorize import block_curvatures, flatten, grads, naive_loss, to_columns
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,7 +59,7 @@ def test_gradients_match_jax_grad():
 
 
 def _lr_for(x, f):
-    lam_s, lam_c = block_curvatures(flatten(jnp.asarray(x)), f.appearance)
+    lam_s, lam_c = block_curvatures(to_columns(flatten(jnp.asarray(x))), f.appearance)
     return 0.2 / float(max(lam_s, lam_c))
 
 
