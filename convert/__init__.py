@@ -58,12 +58,18 @@ def to_generator(src: str, arch: str | None = None):
     )
 
 
-def convert(src: str, out_dir: str, arch: str | None = None) -> str:
-    """Convert ``src`` (a checkpoint file or a HuggingFace folder) into ``out_dir``."""
-    from ported_gens.base import save_generator
+def convert(src: str, out_dir: str, arch: str | None = None, *, force: bool = False) -> str:
+    """Convert ``src`` (a checkpoint file or a HuggingFace folder) into ``out_dir``.
+
+    ``out_dir`` must be new or empty; an earlier conversion there is replaced only with
+    ``force=True``. Anything else, or an output that overlaps the source, is refused before the
+    checkpoint is read.
+    """
+    from ported_gens.base import check_model_out, save_generator
 
     from . import readers
 
+    check_model_out(out_dir, force, [src])
     G = to_generator(src, arch)
     source = {"file": os.path.basename(os.path.normpath(src)), "arch": arch}
     if os.path.isfile(src):
@@ -74,5 +80,5 @@ def convert(src: str, out_dir: str, arch: str | None = None) -> str:
             for name in sorted(os.listdir(src))
             if os.path.isfile(os.path.join(src, name))
         }
-    save_generator(G, out_dir, source)
+    save_generator(G, out_dir, source, force=force, sources=[src])
     return out_dir

@@ -24,10 +24,9 @@ import os
 import shlex
 import shutil
 import sys
-import tempfile
 import time
 
-from ._io import atomic_write
+from ._io import atomic_write, default_permissions, real_target, replace_dir, staging_dir
 from .errors import CheckpointError, ConfigError, FactorsError, PandaError, RankError
 
 PROG = "panda-jax"
@@ -96,29 +95,16 @@ def _say(args, msg: str):
         print(msg, flush=True)
 
 
-def _default_permissions(root: str):
-    """Give what was written under ``root`` the usual modes (temporary files are private)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for d, dirs, files in os.walk(root):
-        for name in dirs:
-            os.chmod(os.path.join(d, name), 0o777 & ~umask)
-        for name in files:
-            os.chmod(os.path.join(d, name), 0o666 & ~umask)
-
-
 class _Staging:
-    """Files for ``out_dir`` are written into a temporary sibling, then renamed into place on
+    """Files for ``out_dir`` are written into a staging sibling, then renamed into place on
     success (existing entries of the same name are replaced, others are left alone); on failure
-    the temporary folder is removed."""
+    the staging folder is removed. A symbolic link as ``out_dir`` is written through."""
 
     def __init__(self, out_dir: str):
-        self.out = os.path.abspath(out_dir)
+        self.out = real_target(out_dir)
         if os.path.exists(self.out) and not os.path.isdir(self.out):
             raise ConfigError(f"output {out_dir!r} exists and is not a directory; give a directory path")
-        parent = os.path.dirname(self.out)
-        os.makedirs(parent, exist_ok=True)
-        self.tmp = tempfile.mkdtemp(prefix="." + os.path.basename(self.out) + ".tmp-", dir=parent)
+        self.tmp = staging_dir(self.out)
 
     def path(self, *names: str) -> str:
         return os.path.join(self.tmp, *names)
@@ -128,15 +114,12 @@ class _Staging:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
-            _default_permissions(self.tmp)
+            default_permissions(self.tmp)
             os.makedirs(self.out, exist_ok=True)
             for name in sorted(os.listdir(self.tmp)):
                 src, dst = os.path.join(self.tmp, name), os.path.join(self.out, name)
                 if os.path.isdir(dst) and not os.path.islink(dst):
-                    old = dst + ".old-" + os.path.basename(self.tmp)
-                    os.rename(dst, old)
-                    os.rename(src, dst)
-                    shutil.rmtree(old, ignore_errors=True)
+                    replace_dir(src, dst)
                 else:
                     os.replace(src, dst)
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -312,17 +295,6 @@ def _auto_alpha(F, Z) -> float:
 # ---- commands ------------------------------------------------------------------------------
 
 
-def _check_model_out(out: str):
-    if os.path.exists(out):
-        if not os.path.isdir(out):
-            raise ConfigError(f"output {out!r} exists and is not a directory; give a new directory path")
-        if os.listdir(out) and not os.path.isfile(os.path.join(out, "config.json")):
-            raise ConfigError(
-                f"output {out!r} is a non-empty directory that is not a converted model (no config.json); "
-                "give a new or empty directory, it would be replaced"
-            )
-
-
 def _sample_grid(G, seed: int = 0):
     import jax
     import numpy as np
@@ -341,15 +313,14 @@ def _sample_grid(G, seed: int = 0):
     return grid, 2 if imgs.shape[1] <= 128 else 1
 
 
-def _convert_into(src: str, out: str, arch: str | None, samples: bool, seed: int = 0):
+def _convert_into(src: str, out: str, arch: str | None, samples: bool, seed: int = 0, force: bool = False):
     """Convert ``src`` into ``out`` (atomic) and write ``out/samples.png``; the generator."""
     import convert
     import ported_gens
 
     from . import viz
 
-    _check_model_out(out)
-    convert.convert(src, out, arch)
+    convert.convert(src, out, arch, force=force)
     G = ported_gens.load(out)
     if samples:
         grid, scale = _sample_grid(G, seed)
@@ -362,7 +333,7 @@ def cmd_convert(args):
     if not os.path.exists(src):
         raise CheckpointError(f"checkpoint {args.src!r} does not exist; give the path of a checkpoint file or folder")
     t0 = time.perf_counter()
-    G = _convert_into(src, args.out, args.arch, samples=not args.no_samples, seed=args.seed)
+    G = _convert_into(src, args.out, args.arch, samples=not args.no_samples, seed=args.seed, force=args.force)
     layers = ", ".join(f"{l}: {h}x{w}x{c}" for l, (h, w, c) in sorted(G.layers.items()))
     _say(args, f"converted {os.path.basename(src)} -> {args.out} ({G.family} {G.config}) in "
                f"{time.perf_counter() - t0:.1f} s")
@@ -873,7 +844,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "parameters) and render a fixed-seed sample grid OUT/samples.png as a check.")
     p.add_argument("src", metavar="SRC", help="checkpoint file (.pth/.pt/.tar/.pkl), HuggingFace folder, or "
                                               "'default' (the embedded faces DCGAN)")
-    p.add_argument("out", metavar="OUT", help="model directory to write (replaced if it is one already)")
+    p.add_argument("out", metavar="OUT", help="model directory to write: new or empty (an earlier conversion "
+                                              "only with --force)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it holds an earlier conversion")
     p.add_argument("--arch", metavar="NAME", default=None,
                    help="architecture (family or zoo name, e.g. dcgan) when it cannot be inferred")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample grid")

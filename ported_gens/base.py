@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from functools import partial
 from typing import Callable, NamedTuple
 
@@ -35,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from panda_jax._io import is_within, real_target, replace_dir, staging_dir
 from panda_jax.errors import CheckpointError, ConfigError, LayerError
 
 FORMAT_VERSION = 1
@@ -161,20 +161,74 @@ class Generator(nnx.Module):
 # ---- converted directories --------------------------------------------------------------
 
 
-def _atomic_dir(out_dir: str):
-    """A temporary sibling of ``out_dir`` to write into, then rename."""
-    parent = os.path.dirname(os.path.abspath(out_dir)) or "."
-    os.makedirs(parent, exist_ok=True)
-    return tempfile.mkdtemp(prefix="." + os.path.basename(os.path.abspath(out_dir)) + ".tmp-", dir=parent)
+MODEL_FORMAT = "panda-jax generator"
 
 
-def save_generator(model: Generator, out_dir: str, source: dict | None = None) -> str:
-    """Write ``config.json`` and the orbax parameters into ``out_dir`` atomically."""
+def is_converted_model(path: str) -> bool:
+    """Is ``path`` provably a directory written by :func:`save_generator`? Its ``config.json``
+    carries the format marker (or, from version 1, exactly the keys that version wrote) and an
+    orbax ``params/`` folder lies beside it, and nothing else but the sample grid."""
+    cfg_path = os.path.join(path, "config.json")
+    if not (os.path.isdir(path) and os.path.isfile(cfg_path) and os.path.isdir(os.path.join(path, "params"))):
+        return False
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    if not isinstance(meta, dict) or not isinstance(meta.get("format_version"), int):
+        return False
+    if meta.get("format") != MODEL_FORMAT and set(meta) != {"format_version", "family", "config", "source"}:
+        return False
+    return set(os.listdir(path)) <= {"config.json", "params", "samples.png"}
+
+
+def check_model_out(out_dir: str, force: bool = False, sources=()) -> str:
+    """Refuse an output directory that would lose data when replaced; returns its real path.
+
+    ``out_dir`` may be new, an empty directory, or (with ``force``) a converted model. It must not
+    be, contain, or lie inside any of ``sources`` (the files or folders being converted).
+    """
+    out = real_target(out_dir)
+    for src in sources:
+        if src and (is_within(out, src) or is_within(src, out)):
+            raise ConfigError(
+                f"output {out_dir!r} and the source {src!r} overlap (one is, or is inside, the other); "
+                "writing there would destroy the source. Give an output directory outside the source"
+            )
+    if not os.path.lexists(out):
+        return out
+    if not os.path.isdir(out):
+        raise ConfigError(f"output {out_dir!r} exists and is not a directory; give a new directory path")
+    if not os.listdir(out):
+        return out
+    if is_converted_model(out):
+        if force:
+            return out
+        raise ConfigError(
+            f"output {out_dir!r} already holds a converted model; pass --force (force=True) to replace it, "
+            "or give a new directory"
+        )
+    raise ConfigError(
+        f"output {out_dir!r} is a non-empty directory that is not a converted model; nothing was written. "
+        "Give a new or empty directory"
+    )
+
+
+def save_generator(model: Generator, out_dir: str, source: dict | None = None, *, force: bool = False,
+                   sources=()) -> str:
+    """Write ``config.json`` and the orbax parameters into ``out_dir`` atomically.
+
+    ``out_dir`` must be new or empty, or a converted model and ``force`` given (see
+    :func:`check_model_out`); through a symbolic link, the linked directory is replaced.
+    """
     import orbax.checkpoint as ocp
 
-    tmp = _atomic_dir(out_dir)
+    out = check_model_out(out_dir, force, sources)
+    tmp = staging_dir(out)
     try:
         meta = {
+            "format": MODEL_FORMAT,
             "format_version": FORMAT_VERSION,
             "family": model.family,
             "config": dict(model.config),
@@ -187,13 +241,7 @@ def save_generator(model: Generator, out_dir: str, source: dict | None = None) -
             ckptr.wait_until_finished()
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
-        if os.path.exists(out_dir):
-            old = out_dir.rstrip("/") + ".old-" + os.path.basename(tmp)
-            os.rename(out_dir, old)
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
