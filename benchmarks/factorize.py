@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 import panda_jax as pj
-from panda_jax.factorize import AUTO_STEP, _parts_pass, _run_chunk, block_curvatures, flatten, init_parts, to_columns
+from panda_jax.factorize import AUTO_STEP, PGDState, _parts_pass, _run_chunk, block_curvatures, flatten, init_parts, to_columns
 from panda_jax.refine import _refine
 
 from . import cost
@@ -144,11 +144,11 @@ def fit_iteration(n=16, size=32, channels=512, ranks=(512, 8), ref_iters=1, jax_
 
     def run(steps):
         # The state is donated, so it is rebuilt per call (X = Z P, as decompose_fast does).
-        state = (Aj + 0, Pj + 0, _parts_pass(Zcols, Pj, channels), lr_arg[0] + 0, lr_arg[1] + 0)
+        state = PGDState(Aj + 0, Pj + 0, _parts_pass(Zcols, Pj, channels), lr_arg[0] + 0, lr_arg[1] + 0)
         return _run_chunk(Zcols, state, steps, lr_arg, auto=False, chunk=jax_iters)
 
     t_jax = time_jax_budget(lambda: run(jax_iters), ref_budget_s, repeat) / jax_iters
-    state = (Aj, Pj, _parts_pass(Zcols, Pj, channels), lr_arg[0], lr_arg[1])
+    state = PGDState(Aj, Pj, _parts_pass(Zcols, Pj, channels), lr_arg[0], lr_arg[1])
     mem = compiled_memory(_run_chunk, Zcols, state, jax_iters, lr_arg, auto=False, chunk=jax_iters)
     flops = cost.fit_step_flops(n, S, channels, *ranks)
     ref_flops = cost.reference_step_flops(n, S, channels, *ranks)

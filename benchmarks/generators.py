@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 import panda_jax as pj
-from panda_jax.factorize import _run_stream_chunk
+from panda_jax.factorize import StreamState, _run_stream_chunk
 
 from . import factorize as F
 from .common import time_jax
@@ -114,7 +114,7 @@ def stochastic(name: str, G, layer: int, ranks, batch: int, steps: int, *, hosvd
     def chunk(auto):
         # The loop pj.fit_stream runs (same static arguments: the compiled program is reused).
         lr = etas if auto else (jnp.float32(min(res.lr.values())),) * 2
-        state = (A + 0, P + 0, lr[0] + 0, lr[1] + 0)
+        state = StreamState(A + 0, P + 0, lr[0] + 0, lr[1] + 0)
         return _run_stream_chunk(state, key, 0, steps, lr, args, sample_fn=sample_fn, batch_size=batch,
                                  auto=auto, chunk=steps)
 

@@ -237,7 +237,7 @@ def compiled_memory_rows(plan):
     import jax
     import jax.numpy as jnp
 
-    from panda_jax.factorize import _run_chunk, _scatter, block_curvatures
+    from panda_jax.factorize import PGDState, _run_chunk, _scatter, block_curvatures
 
     from .factorize import compiled_memory
 
@@ -251,8 +251,8 @@ def compiled_memory_rows(plan):
     feature_bytes = n * S * C * 4
     rows = []
     for name, fn, args, kw in (
-        ("fit loop, fixed lr (_run_chunk)", _run_chunk, (Zt, (A, P, X, e, e), 4, (e, e)), {"auto": False, "chunk": 4}),
-        ("fit loop, lr='auto' (_run_chunk)", _run_chunk, (Zt, (A, P, X, e, e), 4, (e, e)), {"auto": True, "chunk": 4}),
+        ("fit loop, fixed lr (_run_chunk)", _run_chunk, (Zt, PGDState(A, P, X, e, e), 4, (e, e)), {"auto": False, "chunk": 4}),
+        ("fit loop, lr='auto' (_run_chunk)", _run_chunk, (Zt, PGDState(A, P, X, e, e), 4, (e, e)), {"auto": True, "chunk": 4}),
         ("step-size curvature estimate (block_curvatures)", block_curvatures, (Zt, A), {}),
         ("HOSVD scatter matrix (_scatter)", _scatter, (Zf,), {}),
     ):

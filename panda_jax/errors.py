@@ -35,3 +35,7 @@ class ConfigError(PandaError):
 
 class DivergenceError(PandaError):
     """The fit produced a non-finite loss."""
+
+
+class ConvergenceWarning(UserWarning):
+    """A fit stopped at ``steps`` before meeting its ``tol`` (as scikit-learn's)."""

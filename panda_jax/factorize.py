@@ -23,83 +23,33 @@ No per-sample ``S x S`` or ``C x C`` matrix is formed; a step reads the features
 ``lr`` as a float is exactly the original's step on the gradient of the *summed* loss. The
 default ``lr="auto"`` chooses each block's step by backtracking on the quadratic upper bound
 (the projected-gradient Armijo rule), so the same call works at any layer and feature scale.
+
+:func:`fit` and :func:`fit_stream` are host-driven loops (:mod:`panda_jax.loop`): many steps
+run per jitted call, and the host checks progress, convergence and divergence between calls.
+They are not meant to be called inside ``jit``; the loss, its gradients and the steps are.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .errors import ConfigError, DivergenceError, FeatureError, RankError
+from . import checks
+from .errors import ConfigError, FeatureError, RankError
 from .factors import Factors, check_factors
+from .loop import FitResult, run_loop
 
 # ---------------------------------------------------------------------------------------------
-# Input checks
+# Shapes
 
 
 def check_features(features, name: str = "features") -> jax.Array:
     """``features`` as a float array ``[N, H, W, C]``; raises :class:`FeatureError` otherwise."""
-    shape = np.shape(features)
-    if len(shape) != 4:
-        raise FeatureError(
-            f"{name} must be a 4-D array [N, H, W, C] (NHWC feature maps); got shape {shape}. "
-            "Add a batch axis for one sample, or transpose NCHW maps with .transpose(0, 2, 3, 1)"
-        )
-    if min(shape) < 1:
-        raise FeatureError(f"{name} has an empty axis: shape {shape}")
-    x = jnp.asarray(features)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise FeatureError(f"{name} must be floating point; got dtype {x.dtype}")
-    if x.dtype != jnp.float32 and x.dtype != jnp.float64:
-        x = x.astype(jnp.float32)
-    bad = int(jnp.size(x) - jnp.sum(jnp.isfinite(x)))
-    if bad:
-        raise FeatureError(
-            f"{name} contain {bad} NaN/inf values; check the generator output at this layer "
-            "(or drop the samples with jnp.isfinite(features).all(axis=(1, 2, 3)))"
-        )
-    return x
-
-
-def check_ranks(ranks, C: int, S: int) -> tuple[int, int]:
-    try:
-        rc, rs = (int(r) for r in ranks)
-    except (TypeError, ValueError):
-        raise RankError(f"ranks must be a pair (R_C, R_S) of positive integers; got {ranks!r}") from None
-    if rc < 1 or rs < 1:
-        raise RankError(f"ranks must be positive; got (R_C, R_S) = ({rc}, {rs})")
-    if rc > C:
-        raise RankError(f"R_C = {rc} is larger than the {C} channels of the features; use R_C <= {C}")
-    if rs > S:
-        raise RankError(f"R_S = {rs} is larger than the {S} spatial positions of the features; use R_S <= {S}")
-    return rc, rs
-
-
-def _check_steps(steps) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ConfigError(f"steps must be a positive integer; got {steps!r}")
-    return int(steps)
-
-
-def _check_lr(lr):
-    if isinstance(lr, str):
-        if lr != "auto":
-            raise ConfigError(f"lr must be 'auto' or a positive float; got {lr!r}")
-        return None
-    try:
-        v = float(lr)
-    except (TypeError, ValueError):
-        raise ConfigError(f"lr must be 'auto' or a positive float; got {lr!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise ConfigError(f"lr must be a positive finite float; got {lr!r}")
-    return v
+    return checks.features(features, name)
 
 
 def flatten(features) -> jax.Array:
@@ -218,6 +168,34 @@ def _top_eigvecs(scatter, rank_c):
     return v[:, order[:rank_c]]
 
 
+def _bind(sample_fn, args):
+    if args is None:
+        return sample_fn
+    return lambda key, n: sample_fn(args, key, n)
+
+
+def _probe(sample_fn, sample_args, key, batch_size):
+    """The shape ``(B, H, W, C)`` a ``sample_fn`` returns, without running it."""
+    if not callable(sample_fn):
+        raise ConfigError(
+            f"sample_fn must be a function sample_fn(key, n) (or sample_fn(args, key, n) with sample_args) "
+            f"returning [n, H, W, C] features; got a {type(sample_fn).__name__}"
+        )
+    fn = _bind(sample_fn, sample_args)
+    try:
+        probe = jax.eval_shape(lambda k: fn(k, batch_size), key)
+    except TypeError as e:
+        raise ConfigError(
+            f"sample_fn could not be called as sample_fn({'args, ' if sample_args is not None else ''}key, n) "
+            f"({e}); give a function of that form"
+        ) from None
+    if not hasattr(probe, "shape") or len(probe.shape) != 4:
+        raise FeatureError(f"sample_fn must return [N, H, W, C] features; got {getattr(probe, 'shape', probe)!r}")
+    if not jnp.issubdtype(probe.dtype, jnp.floating):
+        raise FeatureError(f"sample_fn must return floating-point features; got dtype {probe.dtype}")
+    return tuple(probe.shape)
+
+
 def hosvd_init(features_or_sample_fn, rank_c: int, *, key=None, batches: int = 10, batch_size: int = 16,
                sample_args=None):
     """Appearance init: the ``rank_c`` leading left singular vectors of the channel scatter
@@ -228,24 +206,17 @@ def hosvd_init(features_or_sample_fn, rank_c: int, *, key=None, batches: int = 1
     the scatter is summed in a streaming loop (memory independent of the total sample count).
     """
     if callable(features_or_sample_fn):
-        fn = _bind(features_or_sample_fn, sample_args)
-        key = jax.random.key(0) if key is None else key
-        probe = jax.eval_shape(lambda k: fn(k, batch_size), key)
-        if len(probe.shape) != 4:
-            raise FeatureError(f"sample_fn must return [N, H, W, C] features; got shape {probe.shape}")
-        C = probe.shape[-1]
-        if not 1 <= rank_c <= C:
-            raise RankError(f"R_C = {rank_c} must be in 1..{C} (the channels)")
-
+        key = checks.key(key)
+        batches = checks.integer(batches, "batches")
+        batch_size = checks.integer(batch_size, "batch_size")
+        C = _probe(features_or_sample_fn, sample_args, key, batch_size)[-1]
+        rank_c = checks.integer(rank_c, "R_C", high=C, error=RankError)
         scat = _streamed_scatter(key, sample_args, sample_fn=features_or_sample_fn, batches=batches,
                                  batch_size=batch_size, C=C)
-        if not bool(jnp.all(jnp.isfinite(scat))):
-            raise FeatureError("sample_fn produced NaN/inf features; check the generator at this layer")
+        checks.require_finite(scat, "sample_fn produced NaN/inf features; check the generator at this layer")
         return _top_eigvecs(scat, rank_c)
     x = check_features(features_or_sample_fn)
-    C = x.shape[-1]
-    if not 1 <= rank_c <= C:
-        raise RankError(f"R_C = {rank_c} must be in 1..{C} (the channels)")
+    rank_c = checks.integer(rank_c, "R_C", high=x.shape[-1], error=RankError)
     return _top_eigvecs(_scatter(flatten(x)), rank_c)
 
 
@@ -260,83 +231,101 @@ def _streamed_scatter(key, args, *, sample_fn, batches, batch_size, C):
     return jax.lax.fori_loop(0, batches, body, jnp.zeros((C, C), jnp.float32))
 
 
-def _bind(sample_fn, args):
-    if args is None:
-        return sample_fn
-    return lambda key, n: sample_fn(args, key, n)
-
-
 # ---------------------------------------------------------------------------------------------
 # One step of Algorithm 1
-
 
 _GROW, _SHRINK, _TRIALS = 1.5, 0.5, 40
 
 
-def _armijo_ok(f_new, f_old, g, delta, eta, scale):
-    # Sufficient decrease on the quadratic upper bound; the slack absorbs float round-off of the
-    # loss, whose terms cancel against the constant ||Z||^2 (``scale``).
+def armijo_ok(f_new, f_old, g, delta, eta, scale):
+    """Sufficient decrease on the quadratic upper bound (projected-gradient Armijo rule); the
+    slack absorbs float round-off of a loss whose terms cancel against ``||Z||^2`` (``scale``)."""
     bound = f_old + jnp.sum(g * delta) + jnp.sum(delta * delta) / (2.0 * eta)
     return f_new <= bound + 1e-6 * scale
 
 
-def _step_fixed(Zt, A, P, Xm, lr):
-    """The original's step with a fixed learning rate. ``Xm`` (``X_n = Z_n P``) carried."""
-    C = A.shape[0]
+class Search(NamedTuple):
+    """A backtracking search's loop state: the step tried, its outcome, accepted?, trials."""
+
+    eta: jax.Array
+    out: Any
+    ok: jax.Array
+    tries: jax.Array
+
+
+def backtrack(trial: Callable, eta0) -> Search:
+    """Try ``eta0, eta0/2, ...`` (at most ``_TRIALS``) until ``trial(eta) -> (out, ok)`` accepts."""
+
+    def cond(s: Search):
+        return (~s.ok) & (s.tries < _TRIALS)
+
+    def body(s: Search):
+        eta = s.eta * _SHRINK
+        return Search(eta, *trial(eta), s.tries + 1)
+
+    return jax.lax.while_loop(cond, body, Search(eta0, *trial(eta0), jnp.int32(1)))
+
+
+class PGDState(NamedTuple):
+    """The fit's loop state: factors, ``Xm`` (``X_n = Z_n P``, :func:`_parts_pass`) and the
+    step sizes in use (fixed, or the last accepted ones with ``lr="auto"``)."""
+
+    A: jax.Array
+    P: jax.Array
+    Xm: jax.Array
+    eta_parts: jax.Array
+    eta_appearance: jax.Array
+
+
+class _PartsTrial(NamedTuple):
+    P: jax.Array
+    Xm: jax.Array
+    Y: jax.Array
+    f: jax.Array
+
+
+def _step_fixed(Zt, s: PGDState) -> tuple[PGDState, jax.Array]:
+    """The original's step with a fixed learning rate; returns the new state and the loss
+    (minus ``||Z||^2``) at the start of the step."""
+    A, P, C = s.A, s.P, s.A.shape[0]
     AtA, PtP = A.T @ A, P.T @ P
-    gP, f = _grad_parts(Zt, A, P, A.T @ Xm, AtA, PtP)
-    P = jnp.maximum(P - lr * gP, 0.0)
+    gP, f = _grad_parts(Zt, A, P, A.T @ s.Xm, AtA, PtP)
+    P = jnp.maximum(P - s.eta_parts * gP, 0.0)
     Xm = _parts_pass(Zt, P, C)
     gA = _grad_appearance(Xm, A, A.T @ Xm, AtA, P.T @ P)
-    return A - lr * gA, P, Xm, f
+    return s._replace(A=A - s.eta_appearance * gA, P=P, Xm=Xm), f
 
 
-def _step_auto(Zt, A, P, Xm, etaP, etaA, scale, capP, capA):
+def _step_auto(Zt, s: PGDState, scale, cap_parts, cap_appearance) -> tuple[PGDState, jax.Array]:
     """A step with each block's step size found by backtracking from the last accepted one
     (grown by a factor, up to a cap of ``AUTO_STEP / L`` from :func:`block_curvatures`)."""
-    C = A.shape[0]
+    A, P, C = s.A, s.P, s.A.shape[0]
     AtA, PtP = A.T @ A, P.T @ P
-    gP, f = _grad_parts(Zt, A, P, A.T @ Xm, AtA, PtP)
+    gP, f = _grad_parts(Zt, A, P, A.T @ s.Xm, AtA, PtP)
 
-    def p_trial(eta):
+    def parts_trial(eta):
         Pn = jnp.maximum(P - eta * gP, 0.0)
         Xn = _parts_pass(Zt, Pn, C)
         Yn = A.T @ Xn
         fn = _f_from_Y(Yn, AtA, Pn.T @ Pn)[0]
-        return Pn, Xn, Yn, fn, _armijo_ok(fn, f, gP, Pn - P, eta, scale)
+        return _PartsTrial(Pn, Xn, Yn, fn), armijo_ok(fn, f, gP, Pn - P, eta, scale)
 
-    def p_cond(c):
-        return (~c[5]) & (c[6] < _TRIALS)
-
-    def p_body(c):
-        eta = c[0] * _SHRINK
-        return (eta,) + p_trial(eta) + (c[6] + 1,)
-
-    eta0 = jnp.minimum(etaP * _GROW, capP)
-    etaP, Pn, Xn, Yn, fP, okP, _ = jax.lax.while_loop(p_cond, p_body, (eta0,) + p_trial(eta0) + (1,))
-    P, Xm = jnp.where(okP, Pn, P), jnp.where(okP, Xn, Xm)
-    Y = jnp.where(okP, Yn, A.T @ Xm)
-    fP = jnp.where(okP, fP, f)
+    sp = backtrack(parts_trial, jnp.minimum(s.eta_parts * _GROW, cap_parts))
+    P, Xm = jnp.where(sp.ok, sp.out.P, P), jnp.where(sp.ok, sp.out.Xm, s.Xm)
+    Y = jnp.where(sp.ok, sp.out.Y, A.T @ Xm)
+    fP = jnp.where(sp.ok, sp.out.f, f)
 
     PtP = P.T @ P
     gA = _grad_appearance(Xm, A, Y, AtA, PtP)
 
-    def a_trial(eta):
+    def appearance_trial(eta):
         An = A - eta * gA
         fn = _f_from_Y(An.T @ Xm, An.T @ An, PtP)[0]
-        return An, fn, _armijo_ok(fn, fP, gA, An - A, eta, scale)
+        return An, armijo_ok(fn, fP, gA, An - A, eta, scale)
 
-    def a_cond(c):
-        return (~c[3]) & (c[4] < _TRIALS)
-
-    def a_body(c):
-        eta = c[0] * _SHRINK
-        return (eta,) + a_trial(eta) + (c[4] + 1,)
-
-    eta0 = jnp.minimum(etaA * _GROW, capA)
-    etaA, An, _, okA, _ = jax.lax.while_loop(a_cond, a_body, (eta0,) + a_trial(eta0) + (1,))
-    A = jnp.where(okA, An, A)
-    return A, P, Xm, f, etaP, etaA
+    sa = backtrack(appearance_trial, jnp.minimum(s.eta_appearance * _GROW, cap_appearance))
+    A = jnp.where(sa.ok, sa.out, A)
+    return PGDState(A, P, Xm, sp.eta, sa.eta), f
 
 
 AUTO_STEP = 0.5  # fraction of 1/L used as the step-size cap
@@ -379,33 +368,37 @@ def _auto_caps(Zt, A):
 
 
 # ---------------------------------------------------------------------------------------------
-# Fitting loops: many steps per jitted call, host touches only between chunks
+# Jitted chunks: many steps per call; the host loop (panda_jax.loop) runs between calls
 
 
 @partial(jax.jit, static_argnames=("auto", "chunk"), donate_argnums=(1,))
-def _run_chunk(Zt, state, n, lr, *, auto: bool, chunk: int):
-    """Run ``n <= chunk`` steps on ``Zt = [S, N*C]`` (:func:`to_columns`); the state is
-    ``(A, P, Xm, etaP, etaA)`` with ``Xm = _parts_pass(Zt, P, C)``. Returns the new state and
-    the per-step losses (padded)."""
+def _run_chunk(Zt, state: PGDState, n, caps, *, auto: bool, chunk: int):
+    """``n <= chunk`` steps on ``Zt = [S, N*C]`` (:func:`to_columns`); returns the new state
+    and the summed loss at the start of each step (padded with NaN to ``chunk``)."""
     sqz = jnp.sum(Zt * Zt)
 
     def body(t, carry):
-        (A, P, Xm, etaP, etaA), losses = carry
-        if auto:
-            A, P, Xm, f, etaP, etaA = _step_auto(Zt, A, P, Xm, etaP, etaA, sqz, lr[0], lr[1])
-        else:
-            A, P, Xm, f = _step_fixed(Zt, A, P, Xm, lr[0])
-        return (A, P, Xm, etaP, etaA), losses.at[t].set(f + sqz)
+        s, losses = carry
+        s, f = _step_auto(Zt, s, sqz, caps[0], caps[1]) if auto else _step_fixed(Zt, s)
+        return s, losses.at[t].set(f + sqz)
 
-    losses = jnp.full((chunk,), jnp.nan, Zt.dtype)
-    return jax.lax.fori_loop(0, n, body, (state, losses))
+    return jax.lax.fori_loop(0, n, body, (state, jnp.full((chunk,), jnp.nan, Zt.dtype)))
 
 
-@partial(jax.jit, static_argnames=("chunk", "optimizer"), donate_argnums=(1, 2))
-def _run_chunk_adam(Zt, params, opt_state, n, *, chunk: int, optimizer):
+class AdamState(NamedTuple):
+    """The Adam variant's loop state: factors and each block's optimiser state."""
+
+    A: jax.Array
+    P: jax.Array
+    opt_parts: Any
+    opt_appearance: Any
+
+
+@partial(jax.jit, static_argnames=("chunk", "optimizer"), donate_argnums=(1,))
+def _run_chunk_adam(Zt, state: AdamState, n, *, chunk: int, optimizer):
     import optax
 
-    C = params[0].shape[0]
+    C = state.A.shape[0]
     N = Zt.shape[1] // C
     sqz = jnp.sum(Zt * Zt)
 
@@ -414,33 +407,45 @@ def _run_chunk_adam(Zt, params, opt_state, n, *, chunk: int, optimizer):
         return (sqz + _f_from_Y(A.T @ Xm, A.T @ A, P.T @ P)[0]) / N
 
     def body(t, carry):
-        (A, P), (sP, sA), losses = carry
-        f, gP = jax.value_and_grad(mean_loss, argnums=1)(A, P)
-        upd, sP = optimizer.update(gP, sP, P)
-        P = jnp.maximum(optax.apply_updates(P, upd), 0.0)
-        gA = jax.grad(mean_loss, argnums=0)(A, P)
-        upd, sA = optimizer.update(gA, sA, A)
-        A = optax.apply_updates(A, upd)
-        return (A, P), (sP, sA), losses.at[t].set(f * N)
+        s, losses = carry
+        f, gP = jax.value_and_grad(mean_loss, argnums=1)(s.A, s.P)
+        upd, sP = optimizer.update(gP, s.opt_parts, s.P)
+        P = jnp.maximum(optax.apply_updates(s.P, upd), 0.0)
+        gA = jax.grad(mean_loss, argnums=0)(s.A, P)
+        upd, sA = optimizer.update(gA, s.opt_appearance, s.A)
+        return AdamState(optax.apply_updates(s.A, upd), P, sP, sA), losses.at[t].set(f * N)
 
-    losses = jnp.full((chunk,), jnp.nan, Zt.dtype)
-    return jax.lax.fori_loop(0, n, body, (params, opt_state, losses))
+    return jax.lax.fori_loop(0, n, body, (state, jnp.full((chunk,), jnp.nan, Zt.dtype)))
 
 
-@dataclass
-class FitResult:
-    """What :func:`fit` returns (scikit-learn style attributes)."""
+class StreamState(NamedTuple):
+    """:func:`fit_stream`'s loop state: factors and step sizes (no features are carried)."""
 
-    factors: Factors
-    losses: np.ndarray  # summed loss at the start of each step
-    n_steps: int
-    converged: bool
-    seconds: float
-    lr: dict = field(default_factory=dict)  # the step sizes in use at the end
+    A: jax.Array
+    P: jax.Array
+    eta_parts: jax.Array
+    eta_appearance: jax.Array
 
-    @property
-    def reconstruction_err(self) -> float:
-        return float(self.losses[-1]) if len(self.losses) else float("nan")
+
+@partial(jax.jit, static_argnames=("sample_fn", "batch_size", "auto", "chunk"), donate_argnums=(0,))
+def _run_stream_chunk(state: StreamState, key, t0, n, caps, sample_args, *, sample_fn, batch_size, auto, chunk):
+    """Steps ``t0 .. t0+n-1``, step ``t`` on the batch ``sample_fn(fold_in(key, t), batch_size)``."""
+    fn = _bind(sample_fn, sample_args)
+
+    def body(t, carry):
+        s, losses = carry
+        Zf = flatten(fn(jax.random.fold_in(key, t0 + t), batch_size).astype(s.A.dtype))
+        sqz = jnp.sum(Zf * Zf)
+        Zt = to_columns(Zf)
+        full = PGDState(s.A, s.P, _parts_pass(Zt, s.P, Zf.shape[2]), s.eta_parts, s.eta_appearance)
+        full, f = _step_auto(Zt, full, sqz, caps[0], caps[1]) if auto else _step_fixed(Zt, full)
+        return StreamState(full.A, full.P, full.eta_parts, full.eta_appearance), losses.at[t].set(f + sqz)
+
+    return jax.lax.fori_loop(0, n, body, (state, jnp.full((chunk,), jnp.nan, state.A.dtype)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The public fits
 
 
 def _columns_put(Zf):
@@ -460,21 +465,26 @@ def _columns_put(Zf):
     return Zt, NamedSharding(mesh, PartitionSpec())
 
 
-def _progress(total, enabled, desc):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
+def _init_factors(init, shape, ranks, dtype, hosvd, key):
+    """``(A, P)`` from ``init``: ``"hosvd"`` (``hosvd()`` gives ``A``; parts uniform) or
+    :class:`Factors` (copied: the loop donates its buffers; parts clipped at zero)."""
+    _, H, W, C = shape
+    if isinstance(init, Factors):
+        check_factors(init, shape)
+        if init.ranks != ranks:
+            raise RankError(f"init factors have ranks {init.ranks} but ranks={ranks}; make them agree")
+        checks.require_finite((init.appearance, init.parts), "init factors hold NaN/inf; give finite factors",
+                              error=ConfigError)
+        A = jnp.array(init.appearance, dtype, copy=True)
+        P = jnp.maximum(jnp.array(init.parts, dtype, copy=True), 0.0)
+        return A, P
+    if isinstance(init, str) and init == "hosvd":
+        return hosvd().astype(dtype), init_parts(key, H * W, ranks[1], dtype)
+    raise ConfigError(f"init must be 'hosvd' or a Factors; got {init!r}")
 
-    return tqdm(total=total, desc=desc, unit="step", leave=False)
 
-
-def _divergence(losses, start, lr_desc):
-    bad = np.flatnonzero(~np.isfinite(losses))
-    step = start + int(bad[0])
-    raise DivergenceError(
-        f"the loss became non-finite at step {step} with step size {lr_desc}; "
-        "use lr='auto' or a smaller lr"
-    )
+def _lr_desc(lr_v) -> str:
+    return "auto" if lr_v is None else repr(lr_v)
 
 
 def fit(
@@ -490,8 +500,13 @@ def fit(
     chunk: int = 100,
     progress: bool = False,
     shard: bool = True,
+    checkpoint: str | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> FitResult:
     """Fit appearances and parts to ``features`` ``[N, H, W, C]`` (paper Algorithm 1).
+
+    A host-driven loop (see :mod:`panda_jax.loop`): call it from Python, not inside ``jit``.
 
     Args:
       ranks: ``(R_C, R_S)``: numbers of appearances and parts.
@@ -504,36 +519,27 @@ def fit(
       method: ``"pgd"`` (Algorithm 1) or ``"adam"`` (the original's autograd variant: two Adam
         optimisers on the mean loss, parts projected after their step).
       key: ``jax.random`` key for the parts init (default ``key(0)``).
-      tol: stop early once the relative loss decrease over a chunk falls below ``tol``.
+      tol: stop early once the relative decrease of the loss over a chunk falls below ``tol``;
+        a :class:`~panda_jax.errors.ConvergenceWarning` says when ``steps`` ran out first.
       chunk: steps per jitted call; progress and checks run between chunks.
-      progress: show a tqdm bar with the loss.
+      progress: show progress (a bar on a terminal, a log line per chunk otherwise).
       shard: with several devices, shard samples over a one-axis mesh (factors replicated).
+      checkpoint: a directory for the fit state (orbax, atomic), saved every
+        ``checkpoint_every`` steps and on Ctrl-C; with ``resume=True`` a killed fit continues
+        from the latest state there and ends with the factors of an uninterrupted run.
     """
     x = check_features(features)
     N, H, W, C = x.shape
-    S = H * W
-    rc, rs = check_ranks(ranks, C, S)
-    steps = _check_steps(steps)
-    lr_v = _check_lr(lr)
+    rc, rs = checks.ranks(ranks, C, H * W)
+    steps = checks.steps(steps)
+    lr_v = checks.lr(lr)
+    tol = checks.tol(tol)
+    key = checks.key(key)
     if method not in ("pgd", "adam"):
         raise ConfigError(f"method must be 'pgd' or 'adam'; got {method!r}")
-    if not isinstance(chunk, int) or chunk < 1:
-        raise ConfigError(f"chunk must be a positive integer; got {chunk!r}")
-    key = jax.random.key(0) if key is None else key
+    chunk = checks.integer(chunk, "chunk")
     Zf = flatten(x)
-    if isinstance(init, Factors):
-        check_factors(init, x.shape)
-        if init.ranks != (rc, rs):
-            raise RankError(f"init factors have ranks {init.ranks} but ranks={tuple(ranks)}; make them agree")
-        # Copies: the loop donates its buffers, the caller keeps theirs.
-        A = jnp.array(init.appearance, Zf.dtype, copy=True)
-        P = jnp.maximum(jnp.array(init.parts, Zf.dtype, copy=True), 0.0)
-    elif init == "hosvd":
-        A = hosvd_init(x, rc).astype(Zf.dtype)
-        P = init_parts(key, S, rs, Zf.dtype)
-    else:
-        raise ConfigError(f"init must be 'hosvd' or a Factors; got {init!r}")
-
+    A, P = _init_factors(init, x.shape, (rc, rs), Zf.dtype, lambda: hosvd_init(x, rc), key)
     if shard:
         Zt, replicated = _columns_put(Zf)
         if replicated is not None:
@@ -542,91 +548,48 @@ def fit(
         Zt = jax.jit(to_columns)(Zf)
     del Zf  # from here on the features are read only as Zt
 
-    chunk = min(chunk, steps)
-    t0 = time.perf_counter()
-    losses: list[np.ndarray] = []
-    bar = _progress(steps, progress, f"fit {H}x{W}x{C} R=({rc},{rs})")
-    done, converged = 0, False
-    lr_info: dict = {}
     if method == "pgd":
         auto = lr_v is None
         X = jax.jit(_parts_pass, static_argnums=2)(Zt, P, C)
         if auto:
-            lr_arg = tuple(jnp.asarray(c, Zt.dtype) for c in _auto_caps(Zt, A))
+            caps = tuple(jnp.asarray(c, Zt.dtype) for c in _auto_caps(Zt, A))
         else:
-            lr_arg = (jnp.asarray(lr_v, Zt.dtype),) * 2
-        state = (A, P, X, lr_arg[0] + 0, lr_arg[1] + 0)  # copies: the state is donated
+            caps = (jnp.asarray(lr_v, Zt.dtype),) * 2
+        state = PGDState(A, P, X, caps[0] + 0, caps[1] + 0)  # copies: the state is donated
+
+        def run(state, done, n, constants):
+            return _run_chunk(Zt, state, n, constants["caps"], auto=auto, chunk=chunk)
+
+        def lr_info(state):
+            if auto:
+                return {"parts": float(state.eta_parts), "appearance": float(state.eta_appearance)}
+            return {"parts": lr_v, "appearance": lr_v}
     else:
         import optax
 
-        optimizer = optax.adam(1e-3 if lr_v is None else lr_v)
-        params = (A, P)
-        opt_state = (optimizer.init(P), optimizer.init(A))
-    try:
-        while done < steps:
-            n = min(chunk, steps - done)
-            if method == "pgd":
-                state, ls = _run_chunk(Zt, state, n, lr_arg, auto=auto, chunk=chunk)
-            else:
-                params, opt_state, ls = _run_chunk_adam(Zt, params, opt_state, n, chunk=chunk, optimizer=optimizer)
-            ls = np.asarray(ls)[:n]
-            if not np.all(np.isfinite(ls)):
-                desc = "auto" if (method == "pgd" and lr_v is None) else repr(lr_v)
-                _divergence(ls, done, desc)
-            if method == "pgd" and not bool(jnp.all(jnp.isfinite(state[0]))):
-                _divergence(np.array([np.nan]), done + n - 1, "auto" if lr_v is None else repr(lr_v))
-            prev = losses[-1][-1] if losses else None
-            losses.append(ls)
-            done += n
-            if bar is not None:
-                bar.update(n)
-                bar.set_postfix(loss=f"{ls[-1]:.4g}")
-            if tol > 0 and prev is not None and (prev - ls[-1]) <= tol * abs(prev):
-                converged = True
-                break
-    finally:
-        if bar is not None:
-            bar.close()
-    if method == "pgd":
-        A, P = state[0], state[1]
-        lr_info = {"parts": float(state[3]), "appearance": float(state[4])} if lr_v is None else {"parts": lr_v, "appearance": lr_v}
-    else:
-        A, P = params
-        lr_info = {"adam": 1e-3 if lr_v is None else lr_v}
-    A, P = jax.device_get(A), jax.device_get(P)
-    factors = Factors(jnp.asarray(A), jnp.asarray(P), H, W)
-    return FitResult(
-        factors=factors,
-        losses=np.concatenate(losses) if losses else np.zeros(0),
-        n_steps=done,
-        converged=converged,
-        seconds=time.perf_counter() - t0,
-        lr=lr_info,
+        rate = 1e-3 if lr_v is None else lr_v
+        optimizer = optax.adam(rate)
+        state = AdamState(A, P, optimizer.init(P), optimizer.init(A))
+        caps = ()
+
+        def run(state, done, n, constants):
+            return _run_chunk_adam(Zt, state, n, chunk=chunk, optimizer=optimizer)
+
+        def lr_info(state):
+            return {"adam": rate}
+
+    def fingerprint():  # what a resumed fit must agree with (computed only when checkpointing)
+        return {"kind": f"fit-{method}", "features": [N, H, W, C], "ranks": [rc, rs], "lr": _lr_desc(lr_v),
+                "sum_sq": float(jnp.sum(Zt * Zt))}
+
+    out = run_loop(
+        run, state, steps=steps, chunk=chunk, tol=tol, progress=progress,
+        desc=f"fit {H}x{W}x{C} R=({rc},{rs})", lr_desc=_lr_desc(lr_v), constants={"caps": caps},
+        checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, fingerprint=fingerprint,
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Stochastic fitting: a fresh batch every step, drawn inside the jitted loop
-
-
-@partial(jax.jit, static_argnames=("sample_fn", "batch_size", "auto", "chunk"), donate_argnums=(0,))
-def _run_stream_chunk(state, key, t0, n, lr, sample_args, *, sample_fn, batch_size, auto, chunk):
-    fn = _bind(sample_fn, sample_args)
-
-    def body(t, carry):
-        (A, P, etaP, etaA), losses = carry
-        Zf = flatten(fn(jax.random.fold_in(key, t0 + t), batch_size).astype(A.dtype))
-        sqz = jnp.sum(Zf * Zf)
-        Zt = to_columns(Zf)
-        Xm = _parts_pass(Zt, P, Zf.shape[2])
-        if auto:
-            A, P, _, f, etaP, etaA = _step_auto(Zt, A, P, Xm, etaP, etaA, sqz, lr[0], lr[1])
-        else:
-            A, P, _, f = _step_fixed(Zt, A, P, Xm, lr[0])
-        return (A, P, etaP, etaA), losses.at[t].set(f + sqz)
-
-    losses = jnp.full((chunk,), jnp.nan, state[0].dtype)
-    return jax.lax.fori_loop(0, n, body, (state, losses))
+    A, P = jax.device_get(out.state.A), jax.device_get(out.state.P)
+    return FitResult(Factors(jnp.asarray(A), jnp.asarray(P), H, W), out.losses, out.n_steps, out.converged,
+                     out.seconds, lr_info(out.state))
 
 
 def fit_stream(
@@ -640,74 +603,62 @@ def fit_stream(
     *,
     sample_args=None,
     hosvd_batches: int = 10,
+    tol: float = 0.0,
     chunk: int = 100,
     progress: bool = False,
+    checkpoint: str | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> FitResult:
     """The original's stochastic mode: each step draws a fresh batch
     ``sample_fn(key, batch_size)`` (``[B, H, W, C]``) inside the jitted loop.
 
-    ``sample_fn`` must be jittable and hashable (a plain function). Large constants (generator
-    weights) should come in through ``sample_args``: then it is called as
+    A host-driven loop like :func:`fit` (same ``tol``, progress, divergence checks and
+    checkpoints); step ``t``'s batch depends only on ``key`` and ``t``, so a resumed fit draws
+    the same batches. ``tol`` compares the mean loss of successive chunks (each step's loss is on
+    its own batch). ``sample_fn`` must be jittable and hashable (a plain function). Large
+    constants (generator weights) should come in through ``sample_args``: then it is called as
     ``sample_fn(sample_args, key, batch_size)``. Memory is independent of the total number of
     samples seen. With ``lr="auto"`` each step's sizes are chosen on that step's batch.
     """
-    rc, rs = (int(r) for r in ranks)
-    steps = _check_steps(steps)
-    lr_v = _check_lr(lr)
-    key = jax.random.key(0) if key is None else key
+    steps = checks.steps(steps)
+    batch_size = checks.integer(batch_size, "batch_size")
+    lr_v = checks.lr(lr)
+    tol = checks.tol(tol)
+    key = checks.key(key)
+    chunk = checks.integer(chunk, "chunk")
     k_init, k_parts, k_run = jax.random.split(key, 3)
-    fn = _bind(sample_fn, sample_args)
-    probe = jax.eval_shape(lambda k: fn(k, batch_size), k_init)
-    if len(probe.shape) != 4:
-        raise FeatureError(f"sample_fn must return [N, H, W, C] features; got shape {probe.shape}")
-    _, H, W, C = probe.shape
-    S = H * W
-    rc, rs = check_ranks((rc, rs), C, S)
-    if isinstance(init, Factors):
-        check_factors(init, (1, H, W, C))
-        A = jnp.array(init.appearance, jnp.float32, copy=True)
-        P = jnp.array(init.parts, jnp.float32, copy=True)
-    elif init == "hosvd":
-        A = hosvd_init(sample_fn, rc, key=k_init, batches=hosvd_batches, batch_size=batch_size,
-                       sample_args=sample_args)
-        P = init_parts(k_parts, S, rs)
-    else:
-        raise ConfigError(f"init must be 'hosvd' or a Factors; got {init!r}")
+    _, H, W, C = _probe(sample_fn, sample_args, k_init, batch_size)
+    rc, rs = checks.ranks(ranks, C, H * W)
+    A, P = _init_factors(
+        init, (1, H, W, C), (rc, rs), jnp.float32,
+        lambda: hosvd_init(sample_fn, rc, key=k_init, batches=hosvd_batches, batch_size=batch_size,
+                           sample_args=sample_args), k_parts)
     auto = lr_v is None
     if auto:
-        Z0 = flatten(fn(k_init, batch_size).astype(jnp.float32))
-        if not bool(jnp.all(jnp.isfinite(Z0))):
-            raise FeatureError("sample_fn produced NaN/inf features; check the generator at this layer")
-        lr_arg = tuple(jnp.asarray(c, jnp.float32) for c in _auto_caps(to_columns(Z0), A))
+        Z0 = flatten(_bind(sample_fn, sample_args)(k_init, batch_size).astype(jnp.float32))
+        checks.require_finite(Z0, "sample_fn produced NaN/inf features; check the generator at this layer")
+        caps = tuple(jnp.asarray(c, jnp.float32) for c in _auto_caps(to_columns(Z0), A))
     else:
-        lr_arg = (jnp.float32(lr_v),) * 2
-    state = (A, P, lr_arg[0] + 0, lr_arg[1] + 0)  # copies: the state is donated
-    chunk = min(chunk, steps)
-    t0 = time.perf_counter()
-    losses, done = [], 0
-    bar = _progress(steps, progress, f"fit_stream {H}x{W}x{C} R=({rc},{rs})")
-    try:
-        while done < steps:
-            n = min(chunk, steps - done)
-            state, ls = _run_stream_chunk(state, k_run, done, n, lr_arg, sample_args, sample_fn=sample_fn,
-                                          batch_size=batch_size, auto=auto, chunk=chunk)
-            ls = np.asarray(ls)[:n]
-            if not np.all(np.isfinite(ls)):
-                _divergence(ls, done, "auto" if auto else repr(lr_v))
-            losses.append(ls)
-            done += n
-            if bar is not None:
-                bar.update(n)
-                bar.set_postfix(loss=f"{ls[-1]:.4g}")
-    finally:
-        if bar is not None:
-            bar.close()
-    A, P = jax.device_get(state[0]), jax.device_get(state[1])
-    return FitResult(
-        factors=Factors(jnp.asarray(A), jnp.asarray(P), H, W),
-        losses=np.concatenate(losses),
-        n_steps=done,
-        converged=False,
-        seconds=time.perf_counter() - t0,
-        lr={"parts": float(state[2]), "appearance": float(state[3])} if auto else {"parts": lr_v, "appearance": lr_v},
+        caps = (jnp.float32(lr_v),) * 2
+    state = StreamState(A, P, caps[0] + 0, caps[1] + 0)  # copies: the state is donated
+
+    def run(state, done, n, constants):
+        return _run_stream_chunk(state, k_run, done, n, constants["caps"], sample_args, sample_fn=sample_fn,
+                                 batch_size=batch_size, auto=auto, chunk=chunk)
+
+    def fingerprint():
+        return {"kind": "fit_stream", "features": [batch_size, H, W, C], "ranks": [rc, rs], "lr": _lr_desc(lr_v),
+                "key": np.asarray(jax.random.key_data(key)).ravel().tolist()}
+
+    out = run_loop(
+        run, state, steps=steps, chunk=chunk, tol=tol, progress=progress, stochastic=True,
+        desc=f"fit_stream {H}x{W}x{C} R=({rc},{rs})", lr_desc=_lr_desc(lr_v), constants={"caps": caps},
+        checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, fingerprint=fingerprint,
     )
+    s = out.state
+    A, P = jax.device_get(s.A), jax.device_get(s.P)
+    lr_info = ({"parts": float(s.eta_parts), "appearance": float(s.eta_appearance)} if auto
+               else {"parts": lr_v, "appearance": lr_v})
+    return FitResult(Factors(jnp.asarray(A), jnp.asarray(P), H, W), out.losses, out.n_steps, out.converged,
+                     out.seconds, lr_info)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import checks
 from ._io import atomic_write
 from .errors import FactorsError
 
@@ -34,9 +35,14 @@ class Factors:
     def __init__(self, appearance, parts, height: int, width: int, meta: dict | None = None):
         self.appearance = appearance
         self.parts = parts
-        self.height = int(height)
-        self.width = int(width)
-        self._meta = json.dumps(meta or {}, sort_keys=True)
+        self.height = checks.integer(height, "height (of the layer)", error=FactorsError)
+        self.width = checks.integer(width, "width (of the layer)", error=FactorsError)
+        if meta is not None and not isinstance(meta, dict):
+            raise FactorsError(f"meta must be a dict of plain JSON values; got a {type(meta).__name__}")
+        try:
+            self._meta = json.dumps(meta or {}, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise FactorsError(f"meta must hold plain, finite JSON values (str, int, float, list, dict); {e}") from None
 
     # pytree protocol
     def tree_flatten(self):
@@ -86,7 +92,13 @@ class Factors:
 
 
 def check_factors(factors: Factors, features_shape: tuple | None = None) -> None:
-    """Raise :class:`FactorsError` unless the factors are consistent (and fit the features)."""
+    """Raise :class:`FactorsError` unless the factors are consistent (and fit the features).
+
+    Shapes are checked always; NaN/inf only on concrete factors (not while tracing)."""
+    if not isinstance(factors, Factors):
+        raise FactorsError(
+            f"factors must be a panda_jax.Factors (from fit, load_factors or load_original); got {type(factors).__name__}"
+        )
     A, P = np.shape(factors.appearance), np.shape(factors.parts)
     if len(A) != 2 or len(P) != 2:
         raise FactorsError(f"factors must be matrices: appearance [C, R_C] and parts [S, R_S]; got {A} and {P}")
@@ -95,6 +107,10 @@ def check_factors(factors: Factors, features_shape: tuple | None = None) -> None
             f"parts have {P[0]} rows but the layer is {factors.height}x{factors.width} "
             f"= {factors.height * factors.width} positions; give the right height and width"
         )
+    if A[0] < 1 or A[1] < 1 or P[1] < 1:
+        raise FactorsError(f"factors have an empty axis: appearance {A}, parts {P}")
+    checks.require_finite((factors.appearance, factors.parts),
+                          "the factors hold NaN/inf values; fit again or load finite factors", error=FactorsError)
     if features_shape is not None:
         _, H, W, C = features_shape
         if (H, W, C) != (factors.height, factors.width, A[0]):
@@ -134,26 +150,50 @@ def save_factors(path: str, factors: Factors) -> str:
 
 
 def load_factors(path: str) -> Factors:
-    """Read factors written by :func:`save_factors`."""
+    """Read factors written by :func:`save_factors` (nothing in the file is executed)."""
     if not os.path.isfile(path):
         raise FactorsError(f"factors file {path!r} does not exist; fit first (panda-jax fit ... --out FILE)")
+    what = f"{path!r} is not a panda-jax factors file"
     try:
         with np.load(path, allow_pickle=False) as z:
+            if not {"header", "appearance", "parts"} <= set(z.files):
+                raise FactorsError(f"{what} (it holds {sorted(z.files)[:6]}); for the original's Uc/Us .npy pair "
+                                   "use load_original(uc, us)")
             header = json.loads(str(z["header"]))
             A, P = z["appearance"], z["parts"]
+    except FactorsError:
+        raise
     except Exception as e:
         raise FactorsError(
-            f"{path!r} is not a panda-jax factors file ({type(e).__name__}: {e}); "
-            "for the original's Uc/Us .npy pair use load_original(uc, us)"
+            f"{what} ({type(e).__name__}: {str(e)[:200]}); for the original's Uc/Us .npy pair use load_original(uc, us)"
         ) from None
-    if header.get("format") != "panda-jax factors":
-        raise FactorsError(f"{path!r} is not a panda-jax factors file (format {header.get('format')!r})")
-    f = Factors(jnp.asarray(A), jnp.asarray(P), header["height"], header["width"], header.get("meta", {}))
+    if not isinstance(header, dict) or header.get("format") != "panda-jax factors":
+        fmt = header.get("format") if isinstance(header, dict) else f"a JSON {type(header).__name__}"
+        raise FactorsError(f"{what} (header format {fmt!r})")
+    if not isinstance(header.get("version"), int) or header["version"] > FILE_VERSION:
+        raise FactorsError(f"{path!r} has factors file version {header.get('version')!r}; this panda-jax reads "
+                           f"up to {FILE_VERSION}: upgrade panda-jax")
+    for name, arr in (("appearance", A), ("parts", P)):
+        if arr.ndim != 2 or arr.dtype.kind != "f":
+            raise FactorsError(f"{path!r}: {name} must be a 2-D float array; got shape {arr.shape}, dtype {arr.dtype}")
+    if "height" not in header or "width" not in header:
+        raise FactorsError(f"{path!r}: the header does not give the layer's height and width; the file is damaged")
+    meta = header.get("meta", {})
+    if not isinstance(meta, dict):
+        raise FactorsError(f"{path!r}: the header's meta is a {type(meta).__name__}, not an object; the file is damaged")
+    f = Factors(jnp.asarray(A), jnp.asarray(P), header["height"], header["width"], meta)
     check_factors(f)
     return f
 
 
 _ORIG = re.compile(r"^(Uc|Us)-name_(?P<model>.+)-layer_(?P<layer>-?\d+)-rank_(?P<rank>\d+)\.npy$")
+
+
+def safe_name(name: str) -> str:
+    """``name`` as one plain file-name component: no separators, no leading dots, printable
+    ASCII only (a model name from a file's metadata must never steer a write elsewhere)."""
+    s = re.sub(r"[^A-Za-z0-9._+=-]", "_", name).lstrip(".")[:120]
+    return s or "model"
 
 
 def original_names(model: str, layer: int, ranks: tuple[int, int]) -> tuple[str, str]:
@@ -170,7 +210,9 @@ def _load_npy(path: str, what: str) -> np.ndarray:
     try:
         arr = np.load(path, allow_pickle=False)
     except Exception as e:
-        raise FactorsError(f"{path!r} is not a readable .npy array ({type(e).__name__}: {e})") from None
+        raise FactorsError(f"{path!r} is not a readable .npy array ({type(e).__name__}: {str(e)[:200]})") from None
+    if not isinstance(arr, np.ndarray):
+        raise FactorsError(f"{what} {path!r} is not a single .npy array (an .npz archive?); give the .npy file")
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.floating):
         raise FactorsError(f"{what} {path!r} must be a 2-D float array; got shape {arr.shape}, dtype {arr.dtype}")
     return arr.astype(np.float32)
@@ -189,10 +231,17 @@ def load_original(uc: str, us: str, height: int | None = None, width: int | None
         if r * r != S:
             raise FactorsError(f"parts have {S} positions, not a square layer; pass height and width")
         height = width = r
-    elif height is None:
-        height = S // int(width)
-    elif width is None:
-        width = S // int(height)
+    else:
+        if height is not None:
+            height = checks.integer(height, "height", error=FactorsError)
+        if width is not None:
+            width = checks.integer(width, "width", error=FactorsError)
+        if height is None:
+            height = S // width
+        elif width is None:
+            width = S // height
+    if A.shape[0] < 1 or A.shape[1] < 1 or S < 1 or P.shape[1] < 1:
+        raise FactorsError(f"empty factors: Uc {A.shape}, Us {P.shape}")
     meta: dict[str, Any] = {}
     m = _ORIG.match(os.path.basename(uc))
     if m:
@@ -208,7 +257,8 @@ def save_original(out_dir: str, factors: Factors, model: str | None = None, laye
     meta = factors.meta
     model = model if model is not None else meta.get("model", "model")
     layer = layer if layer is not None else meta.get("layer", 0)
-    uc_name, us_name = original_names(model, layer, factors.ranks)
+    layer = checks.integer(layer, "layer", low=-(1 << 30), error=FactorsError)
+    uc_name, us_name = original_names(safe_name(str(model)), layer, factors.ranks)
     paths = (os.path.join(out_dir, uc_name), os.path.join(out_dir, us_name))
     for path, arr in zip(paths, (factors.appearance, factors.parts)):
         def write(tmp, arr=arr):

@@ -11,12 +11,14 @@ computed once; a step then costs two products with ``B_i`` (``B P`` and ``B^T V`
 from __future__ import annotations
 
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from . import checks
 from .errors import ConfigError
-from .factorize import AUTO_STEP, _armijo_ok, _check_lr, _check_steps, _GROW, _SHRINK, _TRIALS, check_features, flatten
+from .factorize import AUTO_STEP, _GROW, armijo_ok, backtrack, flatten
 from .factors import Factors, check_factors
 
 
@@ -31,42 +33,35 @@ def _grad(B, AtA, P, Y):
     return g, f
 
 
+class RefineState(NamedTuple):
+    """One sample's refinement state: parts, ``Y = B P`` (carried) and the step in use."""
+
+    P: jax.Array
+    Y: jax.Array
+    eta: jax.Array
+
+
 def _refine_one(B, sqz, AtA, P0, eta0, steps, lr, auto):
     # ``Y = B P`` is carried, so each step reads ``B`` twice (``B^T V`` and the new ``B P``).
-    def step_fixed(t, carry):
-        P, Y = carry
-        g, _ = _grad(B, AtA, P, Y)
-        P = jnp.maximum(P - lr * g, 0.0)
-        return P, B @ P
+    def step_fixed(t, s: RefineState):
+        g, _ = _grad(B, AtA, s.P, s.Y)
+        P = jnp.maximum(s.P - lr * g, 0.0)
+        return s._replace(P=P, Y=B @ P)
 
-    def step_auto(t, carry):
-        P, Y, eta = carry
-        g, f = _grad(B, AtA, P, Y)
+    def step_auto(t, s: RefineState):
+        g, f = _grad(B, AtA, s.P, s.Y)
 
         def trial(eta):
-            Pn = jnp.maximum(P - eta * g, 0.0)
+            Pn = jnp.maximum(s.P - eta * g, 0.0)
             Yn = B @ Pn
             fn = -2.0 * jnp.sum(Yn * Yn) + jnp.sum((Yn.T @ (AtA @ Yn)) * (Pn.T @ Pn))
-            return Pn, Yn, _armijo_ok(fn, f, g, Pn - P, eta, sqz)
+            return (Pn, Yn), armijo_ok(fn, f, g, Pn - s.P, eta, sqz)
 
-        def cond(c):
-            return (~c[3]) & (c[4] < _TRIALS)
+        r = backtrack(trial, jnp.minimum(s.eta * _GROW, eta0))
+        return RefineState(jnp.where(r.ok, r.out[0], s.P), jnp.where(r.ok, r.out[1], s.Y), r.eta)
 
-        def body(c):
-            e = c[0] * _SHRINK
-            Pn, Yn, ok = trial(e)
-            return e, Pn, Yn, ok, c[4] + 1
-
-        e = jnp.minimum(eta * _GROW, eta0)
-        Pn, Yn, ok = trial(e)
-        e, Pn, Yn, ok, _ = jax.lax.while_loop(cond, body, (e, Pn, Yn, ok, 1))
-        return jnp.where(ok, Pn, P), jnp.where(ok, Yn, Y), e
-
-    Y0 = B @ P0
-    if auto:
-        P, _, _ = jax.lax.fori_loop(0, steps, step_auto, (P0, Y0, eta0))
-        return P
-    return jax.lax.fori_loop(0, steps, step_fixed, (P0, Y0))[0]
+    s0 = RefineState(P0, B @ P0, eta0)
+    return jax.lax.fori_loop(0, steps, step_auto if auto else step_fixed, s0).P
 
 
 @partial(jax.jit, static_argnames=("steps", "auto", "batch"))
@@ -93,25 +88,30 @@ def _gram_norm(B, iters: int = 20):
 
 
 def refine(features, factors: Factors, steps: int = 100, lr: float | str = "auto", batch: int | None = None):
-    """Refined parts per sample, ``[N, S, R_S]`` (paper Eq. 6), starting from ``factors.parts``.
+    """Refined parts per sample, ``[N, S, R_S]`` (paper Eq. 6), starting from ``factors.parts``;
+    one sample ``[H, W, C]`` gives ``[S, R_S]``. Composes with ``jit``, ``vmap`` and ``grad``.
 
     ``lr`` is ``"auto"`` (per-sample backtracking) or the original's fixed float step.
     ``batch``: samples refined at once (vmapped); the rest are mapped over in sequence. The
     default vmaps all samples on accelerators and takes one at a time on the CPU, where
     batched small products run slower than the same products one after another.
     """
-    x = check_features(features)
+    x = checks.features(features, single=True)
+    single = x.ndim == 3
+    x = x[None] if single else x
     check_factors(factors, x.shape)
-    steps = _check_steps(steps)
-    lr_v = _check_lr(lr)
+    checks.require_finite((factors.appearance, factors.parts),
+                          "the factors hold NaN/inf values; load or fit finite factors", error=ConfigError)
+    steps = checks.steps(steps)
+    lr_v = checks.lr(lr)
     A = jnp.asarray(factors.appearance, x.dtype)
     P = jnp.maximum(jnp.asarray(factors.parts, x.dtype), 0.0)
     if batch is None:
         batch = 1 if jax.default_backend() == "cpu" else x.shape[0]
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ConfigError(f"batch must be a positive integer; got {batch!r}")
-    return _refine(flatten(x), A, P, jnp.asarray(lr_v or 0.0, x.dtype), steps=steps, auto=lr_v is None,
-                   batch=min(batch, x.shape[0]))
+    batch = checks.integer(batch, "batch")
+    out = _refine(flatten(x), A, P, jnp.asarray(0.0 if lr_v is None else lr_v, x.dtype), steps=steps,
+                  auto=lr_v is None, batch=min(batch, x.shape[0]))
+    return out[0] if single else out
 
 
 def refined_factors(factors: Factors, parts_i) -> Factors:

@@ -13,13 +13,13 @@ import pytest
 
 pytest.importorskip("torch")
 
-from panda_jax.cli import main  # noqa: E402
+from panda_jax.app.cli import main  # noqa: E402
 
 BIN = os.path.join(os.path.dirname(sys.executable), "panda-jax")
 
 
 def run(*args, cwd=None):
-    cmd = [BIN] if os.path.exists(BIN) else [sys.executable, "-m", "panda_jax.cli"]
+    cmd = [BIN] if os.path.exists(BIN) else [sys.executable, "-m", "panda_jax.app.cli"]
     return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 

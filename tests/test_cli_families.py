@@ -20,7 +20,7 @@ CASES = {
 
 
 def run(*args):
-    cmd = [BIN] if os.path.exists(BIN) else [sys.executable, "-m", "panda_jax.cli"]
+    cmd = [BIN] if os.path.exists(BIN) else [sys.executable, "-m", "panda_jax.app.cli"]
     res = subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, f"{args[0]}: exit {res.returncode}\n{res.stdout}\n{res.stderr}"
     return res

@@ -67,7 +67,7 @@ def test_fit_matches_torch_reference_50_steps():
     x, f = random_problem()
     lr = _lr_for(x, f)
     res = pj.fit(x, f.ranks, steps=50, lr=lr, init=f)
-    Uc, Us = ref.decompose(ref.to_torch_features(x), torch.from_numpy(np.asarray(f.appearance)),
+    Uc, Us = ref.decompose(ref.to_torch_features(x), torch.from_numpy(np.array(f.appearance)),
                            torch.from_numpy(np.asarray(f.parts)), lr, 50)
     eA, eP = rel(res.factors.appearance, Uc.numpy()), rel(res.factors.parts, Us.numpy())
     print(f"fit vs reference after 50 steps: rel err A {eA:.2e}, P {eP:.2e}")
@@ -79,7 +79,7 @@ def test_fit_matches_torch_reference_50_steps():
 def test_fit_adam_matches_torch_autograd_variant():
     x, f = random_problem(seed=1)
     res = pj.fit(x, f.ranks, steps=30, lr=1e-2, init=f, method="adam")
-    Uc, Us = ref.decompose_autograd(ref.to_torch_features(x), torch.from_numpy(np.asarray(f.appearance)),
+    Uc, Us = ref.decompose_autograd(ref.to_torch_features(x), torch.from_numpy(np.array(f.appearance)),
                                     torch.from_numpy(np.asarray(f.parts)), 1e-2, 30)
     eA, eP = rel(res.factors.appearance, Uc.numpy()), rel(res.factors.parts, Us.numpy())
     print(f"adam vs reference after 30 steps: rel err A {eA:.2e}, P {eP:.2e}")
@@ -93,7 +93,7 @@ def test_refine_matches_torch_reference():
     parts = pj.refine(x, f, steps=40, lr=lr)
     assert parts.shape == (3, 30, 3)
     Z = ref.to_torch_features(x)
-    A, P = torch.from_numpy(np.asarray(f.appearance)), torch.from_numpy(np.asarray(f.parts))
+    A, P = torch.from_numpy(np.array(f.appearance)), torch.from_numpy(np.asarray(f.parts))
     worst = max(rel(parts[i], ref.refine(Z[i : i + 1], A, P, lr, 40).numpy()) for i in range(3))
     print(f"refine vs reference: worst rel err {worst:.2e}")
     assert worst <= 1e-4

@@ -77,12 +77,29 @@ def test_remove_background():
     assert float(out[0, :2, :2].min()) == 1.0 and float(out[0, 2:, :].max()) == 0.0
 
 
-def test_roir_hand_checked():
+def test_roir_is_eq7_outside_over_inside_frobenius():
     x = jnp.zeros((2, 2, 2, 1))
-    y = x.at[0, 0, 0, 0].set(3.0).at[0, 1, 1, 0].set(1.0).at[1, 0, 0, 0].set(2.0).at[1, 0, 1, 0].set(2.0)
+    # sample 0: inside (0,0) changes by 3; outside (0,1) by 2 and (1,1) by 1
+    # sample 1: inside changes by 2; outside (0,1) by 2
+    y = x.at[0, 0, 0, 0].set(3.0).at[0, 0, 1, 0].set(2.0).at[0, 1, 1, 0].set(1.0)
+    y = y.at[1, 0, 0, 0].set(2.0).at[1, 0, 1, 0].set(2.0)
     mask = jnp.array([[1.0, 0.0], [0.0, 0.0]])
-    # sample 0: inside 3, outside 1 -> 3 ; sample 1: inside 2, outside 2 -> 1 ; mean 2
-    assert pj.roir(mask, x, y) == pytest.approx(2.0)
+    # Eq. 7: ||(1-M)(X-X')||_F / ||M(X-X')||_F per sample: sqrt(2^2 + 1^2) / 3 and 2 / 2
+    per = [np.sqrt(5.0) / 3.0, 1.0]
+    np.testing.assert_allclose(pj.roir(mask, x, y, per_sample=True), per, rtol=1e-6)
+    assert float(pj.roir(mask, x, y)) == pytest.approx(np.mean(per), rel=1e-6)  # 0.8727: lower is more local
+    # an edit that stays inside the region scores 0; one that leaks more scores higher
+    assert float(pj.roir(mask, x, x.at[:, 0, 0, 0].set(1.0))) == 0.0
+    assert float(pj.roir(mask, x, y.at[:, 1, 0, 0].set(5.0))) > float(pj.roir(mask, x, y))
+    # one sample, and a per-sample mask
+    assert float(pj.roir(mask, x[0], y[0])) == pytest.approx(per[0], rel=1e-6)
+    assert float(pj.roir(jnp.stack([mask, mask]), x, y)) == pytest.approx(np.mean(per), rel=1e-6)
+    with pytest.raises(pj.ConfigError, match="mask must be"):
+        pj.roir(jnp.ones((3, 3)), x, y)
+    with pytest.raises(pj.ConfigError, match="empty or covers the whole image"):
+        pj.roir(jnp.zeros((2, 2)), x, y)
+    with pytest.raises(pj.ConfigError, match="empty or covers the whole image"):
+        pj.roir(jnp.ones((2, 2)), x, y)
 
 
 def test_factors_round_trip(tmp_path):

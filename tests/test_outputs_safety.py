@@ -17,7 +17,7 @@ BIN = os.path.join(os.path.dirname(sys.executable), "panda-jax")
 
 
 def run(*args):
-    cmd = [BIN] if os.path.exists(BIN) else [sys.executable, "-m", "panda_jax.cli"]
+    cmd = [BIN] if os.path.exists(BIN) else [sys.executable, "-m", "panda_jax.app.cli"]
     return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=300)
 
 

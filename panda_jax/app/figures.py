@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from ._io import atomic_write
+from .._io import atomic_write
 
 # Distinct colours for parts (tab10 then the paler tab20 halves, as 0..255 RGB).
 _PALETTE = np.array(

@@ -1,0 +1,90 @@
+"""The ``panda-jax`` command: parser and dispatch (the commands live in :mod:`.commands`).
+
+    panda-jax convert SRC OUT [--arch NAME] [--force]
+    panda-jax fit MODEL --layer L --ranks RC RS --out factors.npz [--samples N --steps T ...]
+    panda-jax refine FACTORS [MODEL] --seeds S ... --out DIR
+    panda-jax edit FACTORS [MODEL] --part K --appearance J [--alpha A ...] --seeds S ... --out DIR
+    panda-jax saliency FACTORS [MODEL] --seeds S ... --out DIR
+    panda-jax demo [--out DIR]
+
+``MODEL`` is a directory written by ``panda-jax convert``, a converted zoo name, a checkpoint
+file (converted in memory), or ``default`` (the embedded faces DCGAN). Commands that take
+factors default ``MODEL`` to the one the factors were fitted on.
+
+A user error prints one line ``panda-jax: error: ...`` and exits with status 2; outputs are
+written to staging siblings and renamed into place, so a failed run leaves no partial file.
+Ctrl-C exits with status 130 (a checkpointed fit saves its state first and says how to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from panda_jax.errors import PandaError
+
+from .commands import COMMANDS
+
+PROG = "panda-jax"
+
+
+class UsageError(Exception):
+    """A bad command line (argparse's complaint)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage block
+        raise UsageError(f"{message} (see: {self.prog} --help)")
+
+
+def command_module(name: str):
+    return importlib.import_module(f"panda_jax.app.commands.{name}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="PandA in JAX: fit parts and appearances to GAN feature maps, then localise and edit. "
+                    "Start with `panda-jax demo`.",
+        epilog="A MODEL is a directory from `panda-jax convert`, a converted zoo name, a checkpoint file, or "
+               "'default' (the embedded faces DCGAN). See `panda-jax COMMAND --help`.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in COMMANDS:
+        command_module(name).add_parser(sub)
+    return parser
+
+
+def _one_line(msg: str) -> str:
+    return " ".join(str(msg).split())
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``panda-jax`` command; returns the exit status."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(argv)
+        if hasattr(args, "_argv"):
+            args._argv = argv
+        return int(args.func(args) or 0)
+    except (UsageError, PandaError) as e:
+        msg = str(e)
+    except FileNotFoundError as e:
+        msg = f"{e.filename or ''}: file not found ({e.strerror}); check the path".lstrip(": ")
+    except OSError as e:
+        msg = f"{e.filename + ': ' if getattr(e, 'filename', None) else ''}{e.strerror or e}; check the path and permissions"
+    except MemoryError:
+        msg = "out of memory; use fewer samples, a smaller --batch, or fit --stochastic"
+    except KeyboardInterrupt as e:
+        text = _one_line(str(e)) if str(e) else "interrupted"
+        print(f"{PROG}: {text}", file=sys.stderr)
+        return 130
+    print(f"{PROG}: error: {_one_line(msg)}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
