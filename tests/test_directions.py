@@ -1,5 +1,7 @@
 """The baselines (SeFa, GANSpace, ReSeFa) on small cases with known answers."""
 
+import re
+import time
 
 import jax
 import jax.numpy as jnp
@@ -78,6 +80,229 @@ def test_sefa_errors():
         pd.sefa(np.where(np.eye(4, 3) > 0, np.nan, w))
     with pytest.raises(FeatureError, match=r"\[out, latent_dim\]"):
         pd.sefa(np.ones(3, np.float32))
+
+
+# ---------------------------------------------------------------------------------------------
+# GANSpace: streamed PCA
+
+D_SMALL = 16
+MIX = np.random.default_rng(2).normal(size=(D_SMALL, D_SMALL)).astype(np.float32) * np.geomspace(
+    4.0, 0.1, D_SMALL, dtype=np.float32
+)[:, None]
+
+
+def sample_w(key, n):
+    """Correlated vectors with a mean far from zero (w-like), to stress the streamed moments."""
+    return 20.0 + jax.random.normal(key, (n, D_SMALL)) @ jnp.asarray(MIX)
+
+
+def sample_with_args(args, key, n):
+    mix, shift = args
+    return shift + jax.random.normal(key, (n, D_SMALL)) @ mix
+
+
+def materialise(fn, key, n, bs):
+    """The exact samples the streamed loop sees: batch i from fold_in(key, i), the last cut."""
+    batches = [np.asarray(fn(jax.random.fold_in(key, i), bs)) for i in range(-(-n // bs))]
+    return np.concatenate(batches)[:n].astype(np.float64)
+
+
+def numpy_pca(x, k):
+    mean = x.mean(axis=0)
+    cov = np.cov(x, rowvar=False)  # n - 1, as IncrementalPCA.explained_variance_
+    vals, vecs = np.linalg.eigh(cov)
+    vals, vecs = vals[::-1], vecs[:, ::-1].T
+    return vecs[:k], np.sqrt(vals[:k]), mean, vals[:k] / np.trace(cov)
+
+
+def test_ganspace_streamed_pca_matches_numpy():
+    key, n, bs, k = jax.random.key(3), 5003, 512, 6  # a partial last batch
+    p = pd.ganspace(sample_w, n, k, key=key, batch_size=bs)
+    x = materialise(sample_w, key, n, bs)
+    comps, std, mean, ratio = numpy_pca(x, k)
+    assert p.n_samples == n and p.components.shape == (k, D_SMALL)
+    np.testing.assert_allclose(p.mean, mean, rtol=1e-5)
+    np.testing.assert_allclose(p.stdev, std, rtol=1e-5)
+    np.testing.assert_allclose(p.explained_variance_ratio, ratio, rtol=1e-5)
+    rows_match(p.components, comps, atol=1e-5)
+    check_canonical(p.components)
+    d = p.as_directions()
+    assert d.method == "ganspace" and d.values is p.stdev
+
+
+def test_ganspace_sample_args_are_traced_and_batch_size_is_free():
+    args = (jnp.asarray(MIX), jnp.float32(20.0))
+    key = jax.random.key(4)
+    a = pd.ganspace(sample_with_args, 3000, 4, key=key, batch_size=1000, sample_args=args)
+    b = pd.ganspace(sample_w, 3000, 4, key=key, batch_size=1000)
+    np.testing.assert_allclose(a.stdev, b.stdev, rtol=1e-5)
+    # batch_size changes which samples are drawn, not what is estimated
+    c = pd.ganspace(sample_w, 3000, 4, key=key, batch_size=3000)
+    x = materialise(sample_w, key, 3000, 3000)
+    np.testing.assert_allclose(c.stdev, numpy_pca(x, 4)[1], rtol=1e-5)
+
+
+def test_ganspace_memory_does_not_grow_with_n_samples():
+    from panda_jax.directions.ganspace import _stream_moments
+
+    key = jax.random.key(0)
+    lowered = {n: _stream_moments.lower(sample_w, False, n, 256, None, key) for n in (1_000, 10_000_000)}
+    stats = {n: lw.compile().memory_analysis() for n, lw in lowered.items()}
+    assert stats[1_000].temp_size_in_bytes == stats[10_000_000].temp_size_in_bytes
+    assert stats[1_000].output_size_in_bytes == stats[10_000_000].output_size_in_bytes
+    # the loop carry is the three moments, whatever n is: [], [D], [D, D]
+    out = jax.eval_shape(
+        lambda k: pd.stream_moments(sample_w, 10_000_000, key=k, batch_size=256), jax.random.key(0)
+    )
+    assert isinstance(out, pd.Moments)
+    assert [o.shape for o in out] == [(), (D_SMALL,), (D_SMALL, D_SMALL)]
+    # the same program for every n (only the trip count differs), no array larger than a batch
+    texts = {
+        n: str(jax.make_jaxpr(_stream_moments, static_argnums=(0, 1, 2, 3))(sample_w, False, n, 256, None, key))
+        for n in (1_000, 10_000_000)
+    }
+    assert len(texts[1_000].splitlines()) == len(texts[10_000_000].splitlines())
+    dims = [int(d) for t in texts.values() for shape in re.findall(r"\[([\d,]+)\]", t) for d in shape.split(",")]
+    assert max(dims) == 256
+
+
+def test_ganspace_1e5_samples_of_512_is_fast():
+    mix = jnp.asarray(np.random.default_rng(5).normal(size=(512, 512)).astype(np.float32) / 20)
+
+    def sample(key, n):
+        return 3.0 + jax.random.normal(key, (n, 512)) @ mix
+
+    t = time.perf_counter()
+    p = pd.ganspace(sample, 100_000, 20, key=jax.random.key(6), batch_size=1024)
+    p.stdev.block_until_ready()
+    seconds = time.perf_counter() - t
+    print(f"streamed GANSpace: 1e5 x 512 in {seconds:.2f} s ({1e5 / seconds:,.0f} samples/s, compile included)")
+    assert seconds < 60
+    # the true covariance is mix^T mix; 1e5 samples estimate its top stdev to about 1%
+    top = np.sqrt(np.linalg.eigvalsh(np.asarray(mix, np.float64).T @ np.asarray(mix, np.float64))[::-1][:3])
+    np.testing.assert_allclose(p.stdev[:3], top, rtol=0.03)
+
+
+def test_ganspace_errors():
+    key = jax.random.key(0)
+    with pytest.raises(ConfigError, match="n_samples must be an integer >= 2"):
+        pd.ganspace(sample_w, 1, 2, key=key)
+    with pytest.raises(ConfigError, match="batch_size must be an integer >= 1"):
+        pd.ganspace(sample_w, 100, 2, key=key, batch_size=0)
+    with pytest.raises(RankError, match="k = 17 is larger than the sample dimension 16"):
+        pd.ganspace(sample_w, 100, 17, key=key)
+    with pytest.raises(ConfigError, match="key"):
+        pd.ganspace(sample_w, 100, 2, key=None)
+    with pytest.raises(FeatureError, match=r"shape \[n, D\]"):
+        pd.ganspace(lambda key, n: jnp.zeros((n, 4, 4)), 100, 2, key=key)
+    with pytest.raises(FeatureError, match="covariance has NaN/inf"):
+        pd.ganspace(lambda key, n: jnp.full((n, 3), jnp.nan), 100, 2, key=key)
+
+
+# ---------------------------------------------------------------------------------------------
+# GANSpace: transfer to z by regression
+
+
+def whitened(n, d, seed):
+    """z with sample mean exactly 0 and z^T z = (n - 1) I."""
+    z = np.random.default_rng(seed).normal(size=(n, d))
+    z -= z.mean(axis=0)
+    q, _ = np.linalg.qr(z)
+    return q * np.sqrt(n - 1)
+
+
+def test_regression_transfer_closed_form():
+    # features f = z G; with white z, the feature PCA is G's right singular vectors c_j, and
+    # regressing z on the coordinates gives M_j proportional to G c_j (derivation in the docstring
+    # of latent_directions_by_regression: A^T A = (n-1) I, A^T Z = (n-1) (G C^T S^-1)^T)
+    n, dz, F, k = 400, 5, 12, 3
+    G = np.random.default_rng(7).normal(size=(dz, F)) * np.array([5, 4, 3, 2, 1])[:, None]
+    z = whitened(n, dz, 8)
+    f = z @ G
+    comps, std, mean, _ = numpy_pca(f, k)
+    coords = (f - mean) @ comps.T
+    got = pd.latent_directions_by_regression(jnp.asarray(z, jnp.float32), jnp.asarray(coords, jnp.float32), std)
+    want = (G @ comps.T).T
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    np.testing.assert_allclose(got, want, atol=1e-5)  # signs follow the components
+    # same directions without the stdev scaling (it only rescales rows of M)
+    np.testing.assert_allclose(
+        pd.latent_directions_by_regression(z.astype(np.float32), coords.astype(np.float32)), want, atol=1e-5
+    )
+
+
+def test_streamed_regression_matches_materialised():
+    dz, F, k, n, bs = 6, 20, 4, 3000, 700
+    G = jnp.asarray(np.random.default_rng(9).normal(size=(dz, F)).astype(np.float32))
+
+    def features(z):
+        return jnp.tanh(z @ G) + 0.5 * (z @ G)  # mildly non-linear, like a real layer
+
+    def pair(key, m):
+        z = jax.random.normal(key, (m, dz))
+        return z, features(z)
+
+    key = jax.random.key(10)
+    pca = pd.ganspace(lambda kk, m: pair(kk, m)[1], n, k, key=key, batch_size=bs)
+    got = pd.ganspace_regress(pair, pca, n, key=key, batch_size=bs)
+    z = materialise(lambda kk, m: pair(kk, m)[0], key, n, bs)
+    f = materialise(lambda kk, m: pair(kk, m)[1], key, n, bs)
+    coords = (f - np.asarray(pca.mean)) @ np.asarray(pca.components, np.float64).T / np.asarray(pca.stdev)
+    m_t = np.linalg.lstsq(coords, z, rcond=None)[0]  # upstream: scipy.linalg.lstsq(A, Z)
+    want = m_t / np.linalg.norm(m_t, axis=1, keepdims=True)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    np.testing.assert_allclose(
+        pd.latent_directions_by_regression(z.astype(np.float32), coords.astype(np.float32)), want, atol=1e-4
+    )
+
+
+def test_regression_errors():
+    z = np.zeros((3, 4), np.float32)
+    with pytest.raises(RankError, match="3 samples cannot determine 5 directions"):
+        pd.latent_directions_by_regression(z, np.zeros((3, 5), np.float32))
+    with pytest.raises(FeatureError, match="same samples"):
+        pd.latent_directions_by_regression(z, np.zeros((4, 2), np.float32))
+    with pytest.raises(RankError, match="zero variance"):
+        pd.latent_directions_by_regression(z, np.ones((3, 2), np.float32), np.array([1.0, 0.0], np.float32))
+    pca = pd.ganspace(sample_w, 100, 4, key=jax.random.key(0))
+    with pytest.raises(RankError, match="n_samples = 3"):
+        pd.ganspace_regress(lambda k, n: (jnp.zeros((n, 2)), jnp.zeros((n, D_SMALL))), pca, 3, key=jax.random.key(0))
+    with pytest.raises(FeatureError, match="components have 16"):
+        pd.ganspace_regress(lambda k, n: (jnp.zeros((n, 2)), jnp.zeros((n, 5))), pca, 100, key=jax.random.key(0))
+
+
+# ---------------------------------------------------------------------------------------------
+# Edits on w+ rows
+
+
+def test_edit_wplus_layer_range():
+    wp = jnp.asarray(np.random.default_rng(11).normal(size=(3, 8, 4)), jnp.float32)
+    d = jnp.array([1.0, 0.0, 0.0, 0.0])
+    out = pd.edit_wplus(wp, d, 2.0, layers=(2, 5))
+    delta = np.asarray(out - wp)
+    np.testing.assert_allclose(delta[:, 2:5, 0], 2.0, rtol=1e-6)
+    assert np.all(delta[:, :2] == 0) and np.all(delta[:, 5:] == 0)
+    assert np.all(delta[:, :, 1:] == 0)
+    per = pd.edit_wplus(wp, d, jnp.array([1.0, 0.0, -1.0]))
+    np.testing.assert_allclose(np.asarray(per - wp)[:, :, 0], [[1.0] * 8, [0.0] * 8, [-1.0] * 8], atol=1e-6)
+    jitted = jax.jit(pd.edit_wplus, static_argnames="layers")(wp, d, 2.0, layers=(2, 5))
+    np.testing.assert_allclose(jitted, out)
+    g = jax.grad(lambda a: jnp.sum(pd.edit_wplus(wp, d, a, layers=(0, 3))))(1.0)
+    assert float(g) == pytest.approx(3 * 3)
+
+
+def test_edit_wplus_errors():
+    wp = jnp.zeros((2, 8, 4))
+    with pytest.raises(LayerError, match=r"use 0 <= start < end <= 8"):
+        pd.edit_wplus(wp, jnp.zeros(4), 1.0, layers=(5, 9))
+    with pytest.raises(LayerError):
+        pd.edit_wplus(wp, jnp.zeros(4), 1.0, layers=(3, 3))
+    with pytest.raises(FeatureError, match=r"shape \(4,\)"):
+        pd.edit_wplus(wp, jnp.zeros(5), 1.0)
+    with pytest.raises(FeatureError, match=r"\[N, L, D\]"):
+        pd.edit_wplus(jnp.zeros((8, 4)), jnp.zeros(4), 1.0)
+    with pytest.raises(ConfigError, match="alpha"):
+        pd.edit_wplus(wp, jnp.zeros(4), jnp.ones(3))
 
 
 def test_all_errors_are_panda_errors():
