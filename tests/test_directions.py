@@ -305,6 +305,162 @@ def test_edit_wplus_errors():
         pd.edit_wplus(wp, jnp.zeros(4), jnp.ones(3))
 
 
+# ---------------------------------------------------------------------------------------------
+# ReSeFa
+
+H, W, C, D = 4, 4, 2, 6
+REGION = np.zeros((H, W), np.float32)
+REGION[:2, :2] = 1  # 4 pixels x 2 channels = 8 rows inside, 24 outside
+
+
+def planted_generator(outside0=0.5, seed=12):
+    """A linear generator x = M z whose answer is closed form.
+
+    Inside the region M's columns are orthogonal with norms a_j, outside orthogonal with norms
+    b_j, all in a rotated latent basis Q: A and B are diagonal in that basis, so the generalised
+    eigenvectors are Q's columns with quotients (a_j^2 / 8) / (b_j^2 / 24). ``outside0=0``
+    makes the first direction move only the region (B singular).
+    """
+    rng = np.random.default_rng(seed)
+    a = np.array([3.0, 1.0, 2.0, 0.5, 1.5, 0.2])
+    b = np.array([outside0, 1.0, 1.5, 0.8, 3.0, 2.0])
+    qf = np.linalg.qr(rng.normal(size=(8, D)))[0] * a
+    qb = np.linalg.qr(rng.normal(size=(24, D)))[0] * b
+    q = np.linalg.qr(rng.normal(size=(D, D)))[0]
+    rows = np.zeros((H, W, C, D))
+    inside = REGION.astype(bool)
+    rows[inside] = qf.reshape(4, C, D)
+    rows[~inside] = qb.reshape(12, C, D)
+    M = rows.reshape(H * W * C, D) @ q.T  # latent z = q u; direction j in z is q[:, j]
+    return M.astype(np.float32), a**2 / 8, b**2 / 24, q.T
+
+
+def planted_answer():
+    M, fa, fb, dirs = planted_generator()
+    quotients = fa / fb
+    order = np.argsort(-quotients)
+    return M, quotients[order], dirs[order]
+
+
+def upstream_resefa(jac_hwcd, mask, tau=None):
+    """zhujiapeng/resefa compute_direction.py for one sample's Jacobian [C, H, W, 1, D] there."""
+    fore, back = np.where(mask == 1), np.where(1 - mask == 1)
+    j = np.moveaxis(jac_hwcd, 2, 0)[:, :, :, None, :]
+    jf = j[:, fore[0], fore[1], 0].reshape(-1, j.shape[-1])
+    jb = j[:, back[0], back[1], 0].reshape(-1, j.shape[-1])
+    mf = jf.T.dot(jf) / jf.shape[0]
+    mb = jb.T.dot(jb) / jb.shape[0]
+    if tau is not None:
+        mb = mb + tau * np.trace(mb) * np.identity(mb.shape[0])
+    vals, vecs = np.linalg.eig(np.linalg.inv(mb).dot(mf))
+    vals, vecs = np.real(vals), np.real(vecs).T
+    order = np.argsort(-vals)
+    return vals[order], vecs[order] / np.linalg.norm(vecs[order], axis=1, keepdims=True)
+
+
+def test_resefa_planted_linear_generator():
+    M, quotients, dirs = planted_answer()
+    jac = np.broadcast_to(M.reshape(H, W, C, D), (2, H, W, C, D))
+    res = pd.resefa(jac, REGION, k=4)
+    assert res.method == "resefa"
+    np.testing.assert_allclose(res.values, quotients[:4], rtol=1e-4)
+    rows_match(res.directions, dirs[:4], atol=1e-4)
+    check_canonical(res.directions)
+    # the same from the image function, vmapped in chunks, JVPs in chunks, a padded last chunk
+    image_fn = lambda z: (jnp.asarray(M) @ z).reshape(H, W, C)  # noqa: E731
+    z = jnp.asarray(np.random.default_rng(13).normal(size=(5, D)), jnp.float32)
+    grams = pd.region_grams_from_fn(image_fn, z, REGION, chunk_size=2, tangent_chunk=4)
+    assert grams.inside.shape == (D, D)
+    from_fn = pd.resefa_from_grams(grams, 4)
+    np.testing.assert_allclose(from_fn.values, quotients[:4], rtol=1e-4)
+    rows_match(from_fn.directions, dirs[:4], atol=1e-4)
+    # the top direction moves the region and (relatively) little else
+    x = np.asarray(M @ np.asarray(res.directions[0])).reshape(H, W, C)
+    inside = np.abs(x[REGION > 0]).mean()
+    outside = np.abs(x[REGION == 0]).mean()
+    assert inside > 5 * outside
+
+
+def test_resefa_matches_upstream_per_sample():
+    rng = np.random.default_rng(14)
+    jac = rng.normal(size=(3, H, W, C, D)).astype(np.float32) * np.geomspace(2, 0.5, D)
+    res = pd.resefa(jac, REGION, per_sample=True)
+    assert res.directions.shape == (3, D, D) and res.values.shape == (3, D)
+    for i in range(3):
+        vals, vecs = upstream_resefa(jac[i].astype(np.float64), REGION)
+        np.testing.assert_allclose(res.values[i], vals, rtol=1e-4)
+        rows_match(res.directions[i], vecs, atol=1e-4)
+    # upstream's --full_rank regularisation
+    reg = pd.resefa(jac[:1], REGION, 3, tau=1e-3)
+    vals, vecs = upstream_resefa(jac[0].astype(np.float64), REGION, tau=1e-3)
+    np.testing.assert_allclose(reg.values, vals[:3], rtol=1e-4)
+    rows_match(reg.directions, vecs[:3], atol=1e-4)
+    # flattened [N, H*W*C, D] Jacobians and per-sample grams from the image function agree
+    flat = pd.resefa(jac.reshape(3, -1, D), REGION, per_sample=True)
+    np.testing.assert_allclose(flat.values, res.values, rtol=1e-5)
+    grams = pd.region_grams_from_fn(
+        lambda p, z: (p @ z).reshape(H, W, C), jnp.ones((2, D)), REGION, fn_args=jnp.asarray(jac[1].reshape(-1, D)),
+        per_sample=True,
+    )
+    assert grams.inside.shape == (2, D, D)
+    np.testing.assert_allclose(pd.resefa_from_grams(grams).values[1], res.values[1], rtol=1e-4)
+
+
+def test_resefa_singular_outside_needs_tau():
+    # one latent direction moves only the region: B is singular; upstream would invert it anyway
+    M, fa, fb, dirs = planted_generator(outside0=0.0)
+    jac = M.reshape(1, H, W, C, D)
+    with pytest.raises(RankError, match="tau=1e-3"):
+        pd.resefa(jac, REGION, 2)
+    # with B + tau tr(B) I that direction leads, with the quotient A_00 / (tau tr B), exactly
+    tau = 1e-3
+    res = pd.resefa(jac, REGION, 2, tau=tau)
+    rows_match(res.directions[:1], dirs[:1], atol=1e-4)
+    np.testing.assert_allclose(res.values[0], fa[0] / (tau * fb.sum()), rtol=1e-3)
+    vals, vecs = upstream_resefa(jac[0].astype(np.float64), REGION, tau=tau)
+    np.testing.assert_allclose(res.values, vals[:2], rtol=1e-3)
+
+
+def test_resefa_soft_mask_and_jit():
+    rng = np.random.default_rng(15)
+    jac = rng.normal(size=(2, H, W, C, D)).astype(np.float32)
+    hard = pd.resefa(jac, REGION.astype(bool), 3)
+    soft = pd.resefa(jac, REGION.astype(np.float32), 3)
+    np.testing.assert_allclose(soft.values, hard.values, rtol=1e-6)
+    jitted = jax.jit(lambda g: pd.resefa_from_grams(g, 3))(pd.region_grams(jac, REGION))
+    np.testing.assert_allclose(jitted.values, hard.values, rtol=1e-5)
+
+
+def test_resefa_errors():
+    jac = np.random.default_rng(16).normal(size=(2, H, W, C, D)).astype(np.float32)
+    with pytest.raises(ConfigError, match="empty"):
+        pd.resefa(jac, np.zeros((H, W)))
+    with pytest.raises(ConfigError, match="whole image"):
+        pd.resefa(jac, np.ones((H, W)))
+    with pytest.raises(ConfigError, match=r"image's shape \(4, 4\)"):
+        pd.region_grams_from_fn(lambda z: jnp.zeros((H, W, C)) + z[0], jnp.ones((1, D)), np.ones((8, 8)))
+    with pytest.raises(ConfigError, match="mask is 3x4"):
+        pd.resefa(jac, np.ones((3, 4)))
+    with pytest.raises(FeatureError, match="do not fit a 3x3 mask"):
+        pd.resefa(jac.reshape(2, -1, D), np.eye(3))
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+        pd.resefa(jac, REGION * 2)
+    with pytest.raises(RankError, match="k = 7 is larger than the latent dimension 6"):
+        pd.resefa(jac, REGION, 7)
+    bad = jac.copy()
+    bad[0, 1, 1, 0, 2] = np.inf
+    with pytest.raises(FeatureError, match="NaN/inf"):
+        pd.resefa(bad, REGION)
+    with pytest.raises(FeatureError, match="NaN/inf"):
+        pd.region_grams_from_fn(lambda z: jnp.sqrt(z[0] - 5.0) * jnp.ones((H, W, C)), jnp.ones((1, D)), REGION)
+    with pytest.raises(ConfigError, match="tau"):
+        pd.resefa(jac, REGION, tau=-1.0)
+    with pytest.raises(FeatureError, match=r"\[H, W, C\]"):
+        pd.region_grams_from_fn(lambda z: jnp.zeros((1, H, W, C)) + z[0], jnp.ones((1, D)), REGION)
+    with pytest.raises(ConfigError, match="chunk_size"):
+        pd.region_grams_from_fn(lambda z: jnp.zeros((H, W, C)) + z[0], jnp.ones((1, D)), REGION, chunk_size=0)
+
+
 def test_all_errors_are_panda_errors():
     for cls in (ConfigError, FeatureError, LayerError, RankError):
         assert issubclass(cls, PandaError) and issubclass(cls, ValueError)
