@@ -421,6 +421,18 @@ def test_resefa_singular_outside_needs_tau():
     np.testing.assert_allclose(res.values, vals[:2], rtol=1e-3)
 
 
+def test_region_grams_from_fn_matches_reverse_mode_jacobians():
+    M = jnp.asarray(np.random.default_rng(17).normal(size=(H * W * C, D)), jnp.float32)
+    image_fn = lambda z: jnp.tanh(M @ z + jnp.sin(z[0])).reshape(H, W, C)  # noqa: E731
+    z = jnp.asarray(np.random.default_rng(18).normal(size=(3, D)), jnp.float32)
+    jac = jax.vmap(jax.jacrev(image_fn))(z)  # [N, H, W, C, D]
+    for per_sample in (False, True):
+        want = pd.region_grams(jac, REGION, per_sample=per_sample)
+        got = pd.region_grams_from_fn(image_fn, z, REGION, chunk_size=2, tangent_chunk=5, per_sample=per_sample)
+        np.testing.assert_allclose(got.inside, want.inside, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got.outside, want.outside, rtol=1e-5, atol=1e-6)
+
+
 def test_resefa_soft_mask_and_jit():
     rng = np.random.default_rng(15)
     jac = rng.normal(size=(2, H, W, C, D)).astype(np.float32)

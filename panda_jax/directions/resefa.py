@@ -192,7 +192,7 @@ def region_grams_from_fn(
     m = check_mask(mask, spec.shape[0], spec.shape[1]).astype(jnp.promote_types(spec.dtype, jnp.float32))
     n_chunks = -(-N // cs)
     pad = n_chunks * cs - N
-    zp = jnp.concatenate([z, jnp.zeros((pad, D), z.dtype)]) if pad else z
+    zp = jnp.concatenate([z, jnp.broadcast_to(z[-1:], (pad, D))]) if pad else z  # real points, weight 0
     valid = jnp.arange(n_chunks * cs) < N
     a, b = _grams_from_fn(
         image_fn, with_args, cs, tc, per_sample, fn_args,
@@ -231,8 +231,8 @@ def _grams_from_fn(image_fn, with_args, cs, tc, per_sample, args, z_chunks, vali
     def step(carry, xs):
         zc, vc = xs
         a, b = jax.vmap(grams)(zc)
-        w = vc.astype(a.dtype)[:, None, None]
-        a, b = a * w, b * w
+        keep = vc[:, None, None]
+        a, b = jnp.where(keep, a, 0), jnp.where(keep, b, 0)
         if per_sample:
             return carry, (a / nf, b / nb)
         return (carry[0] + jnp.sum(a, axis=0), carry[1] + jnp.sum(b, axis=0)), None
