@@ -32,6 +32,7 @@ from .loop import FitInterrupted, FitResult
 from .localize import localize, remove_background, resize_maps, saliency
 from .metrics import part_stats, reconstruction_error, roir
 from .refine import refine
+from . import directions  # noqa: E402  (the baselines: SeFa, GANSpace, ReSeFa)
 
 __version__ = "0.1.0"
 
