@@ -233,7 +233,7 @@ def test_swd_levels_and_ordering():
     # smooth random fields (4x4 noise upsampled) against white noise
     x = jax.image.resize(jnp.asarray(rng.uniform(-1, 1, size=(16, 4, 4, 3)), jnp.float32), (16, 32, 32, 3), "cubic")
     blurred = jnp.asarray(rng.uniform(-1, 1, size=x.shape), jnp.float32)
-    small = dict(per_image=32, directions=64)
+    small = dict(per_image=128, directions=128)
     same = pj.swd(x, x, jax.random.key(0), **small)
     near = pj.swd(x, jnp.clip(x + 0.02 * jnp.asarray(rng.normal(size=x.shape), jnp.float32), -1, 1),
                   jax.random.key(0), **small)
