@@ -115,7 +115,7 @@ def best(candidates, mask, base, target):
     return scored[0]
 
 
-def jacobian_timing(G, repeat=3):
+def jacobian_timing(G, repeat=3, reverse=True):
     """One image's Jacobian with respect to z: JAX forward mode vs torch.autograd.functional.jacobian."""
     import torch
 
@@ -129,19 +129,22 @@ def jacobian_timing(G, repeat=3):
     jac = jax.jit(jax.jacfwd(lambda a, v: fn(a, v[None])[0], argnums=1))
     t_jax = time_jax(lambda: jac(args, z[0]), repeat=repeat)
     tg = dcgan_generator(readers.read(pipeline.default_checkpoint()))
-    zt = torch.from_numpy(np.asarray(z)).reshape(1, -1, 1, 1)
+    zt = torch.from_numpy(np.array(z)).reshape(1, -1, 1, 1)
     out = {"jax_forward_s": t_jax}
-    for name, kw in (("torch_reverse_s", {}), ("torch_reverse_vectorized_s", {"vectorize": True}),
-                     ("torch_forward_s", {"vectorize": True, "strategy": "forward-mode"})):
+    engines = [("torch_forward_s", {"vectorize": True, "strategy": "forward-mode"}, repeat, 1)]
+    if reverse:  # one backward pass per output value: about a minute here, timed once
+        engines.append(("torch_reverse_vectorized_s", {"vectorize": True}, 1, 0))
+    for name, kw, rep, warm in engines:
         try:
-            out[name] = time_torch(lambda kw=kw: torch.autograd.functional.jacobian(tg, zt, **kw), repeat=repeat)
+            out[name] = time_torch(lambda kw=kw: torch.autograd.functional.jacobian(tg, zt, **kw), repeat=rep,
+                                   warmup=warm)
         except Exception as e:  # a strategy this torch build does not offer
             out[name] = None
             out[name.replace("_s", "_error")] = f"{type(e).__name__}: {e}"[:200]
     torch_best = min(v for k, v in out.items() if k.startswith("torch") and k.endswith("_s") and v)
     out["speedup_vs_best_torch"] = torch_best / t_jax
     # the two Jacobians agree
-    jt = torch.autograd.functional.jacobian(tg, zt).reshape(3, 64, 64, -1).permute(1, 2, 0, 3).numpy()
+    jt = torch.autograd.functional.jacobian(tg, zt, vectorize=True, strategy="forward-mode").reshape(3, 64, 64, -1).permute(1, 2, 0, 3).numpy()
     out["max_abs_diff"] = float(np.abs(np.asarray(jac(args, z[0])) - jt).max())
     return out
 
@@ -224,7 +227,7 @@ def run(plan_name: str, out_dir: str, log=print) -> dict:
         "figure": os.path.basename(figure),
     }
     try:
-        out["jacobian"] = jacobian_timing(G)
+        out["jacobian"] = jacobian_timing(G, reverse=plan_name == "full")
     except ImportError as e:
         out["jacobian"] = {"error": f"torch is needed for the comparison: {e}"}
     from .common import machine

@@ -125,3 +125,25 @@ def decompose_fast(Z: torch.Tensor, Uc: torch.Tensor, Us: torch.Tensor, lr: floa
         gA = -4.0 * T1 + 2.0 * Uc @ (Uc.T @ M) + 2.0 * M @ (Uc.T @ Uc)
         Uc = Uc - lr * gA
     return Uc, Us
+
+
+def dcgan_generator(obj):
+    """The DCGAN-tutorial generator in PyTorch (``nn.Sequential``, evaluation mode) with the
+    weights of a read checkpoint (``convert.readers.read``): ``g(z [N, nz, 1, 1]) -> [N, 3, H, W]``.
+    The baseline of the Jacobian timing in ``benchmarks.locality``."""
+    from torch import nn
+
+    from convert import dcgan
+
+    sd = dcgan.state_dict(obj)
+    cfg = dcgan.config_for(obj)[1]
+    nz, ngf, nc, blocks = cfg["nz"], cfg["ngf"], cfg["nc"], cfg["blocks"]
+    w = [ngf * 2 ** (blocks - l) for l in range(1, blocks + 1)]
+    layers = [nn.ConvTranspose2d(nz, w[0], 4, 1, 0, bias=False), nn.BatchNorm2d(w[0]), nn.ReLU(True)]
+    for i in range(1, blocks):
+        layers += [nn.ConvTranspose2d(w[i - 1], w[i], 4, 2, 1, bias=False), nn.BatchNorm2d(w[i]), nn.ReLU(True)]
+    layers += [nn.ConvTranspose2d(w[-1], nc, 4, 2, 1, bias=False), nn.Tanh()]
+    net = nn.Module()
+    net.main = nn.Sequential(*layers)  # the tutorial's attribute name, so the keys match
+    net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd.items()})
+    return net.main.eval()
