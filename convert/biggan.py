@@ -26,16 +26,19 @@ its spectral norm is taken over the full weight first, as the original does.
 
 from __future__ import annotations
 
-import math
 from typing import Mapping
 
 import numpy as np
 
 from panda_jax.errors import CheckpointError, ConfigError
+from ported_gens.base import abstract
 
-from .common import check_keymap, fill
+from . import common
+from .transforms import Rule, compose, conv, conv1x1, dense, rgb, scalar, shape_of, spectral_norm, spectral_norm_mismatch
 
 NAME = "biggan"
+FAMILIES = ("biggan",)
+DESCRIPTION = "HuggingFace BigGAN-deep"
 
 _CONFIG_DEFAULTS = {
     "output_dim": 128,
@@ -56,126 +59,73 @@ def _sn(prefix: str) -> tuple[str, ...]:
     return tuple(f"{prefix}.{s}" for s in _SN)
 
 
-# ---- transforms: (on arrays, on shapes) --------------------------------------------------
+# ---- key map ------------------------------------------------------------------------------
+
+_SN_DENSE = spectral_norm(dense)  # [out, in] -> [in, out]
+_SN_1X1 = spectral_norm(conv1x1)  # [out, in, 1, 1] -> [in, out]
+_SN_CONV = spectral_norm(conv)  # [out, in, 3, 3] -> HWIO
+_SN_RGB = spectral_norm(compose(rgb, conv))  # [ch, in, 3, 3] -> HWIO with the 3 RGB outputs
 
 
-def _spectral_normalized(w, u, v):
-    """``w / (u . (W v))`` exactly as torch's spectral norm computes it in eval mode."""
-    from .readers import _require_torch
-
-    torch = _require_torch()
-    wt = torch.from_numpy(np.ascontiguousarray(w))
-    sigma = torch.dot(torch.from_numpy(np.ascontiguousarray(u)), torch.mv(wt.reshape(wt.shape[0], -1), torch.from_numpy(np.ascontiguousarray(v))))
-    return (wt / sigma).numpy()
-
-
-_TRANSFORMS = {
-    "copy": (lambda a: a, lambda s: s),
-    "T": (lambda a: a.T, lambda s: s[::-1]),
-    "scalar": (lambda a: a.reshape(()), lambda s: ()),
-    "rgb_bias": (lambda b: b[:3], lambda s: (min(s[0], 3),)),
-    "sn_T": (lambda w, u, v: _spectral_normalized(w, u, v).T, lambda s, su, sv: s[::-1]),
-    "sn_1x1": (
-        lambda w, u, v: _spectral_normalized(w, u, v)[:, :, 0, 0].T,
-        lambda s, su, sv: (s[1], s[0]) if s[2:] == (1, 1) else ("1x1 kernel",) + s,
-    ),
-    "sn_3x3": (
-        lambda w, u, v: _spectral_normalized(w, u, v).transpose(2, 3, 1, 0),
-        lambda s, su, sv: (s[2], s[3], s[1], s[0]),
-    ),
-    "sn_rgb": (
-        lambda w, u, v: _spectral_normalized(w, u, v)[:3].transpose(2, 3, 1, 0),
-        lambda s, su, sv: (s[2], s[3], s[1], min(s[0], 3)),
-    ),
-}
-
-
-def key_map(config: Mapping) -> list[tuple[str, str, tuple[str, ...]]]:
-    """``[(flax_path, transform, source_keys)]`` for a BigGAN of ``config``."""
-    entries = [
-        ("stem/embeddings", "T", ("embeddings.weight",)),
-        ("stem/gen_z/kernel", "sn_T", _sn("generator.gen_z")),
-        ("stem/gen_z/bias", "copy", ("generator.gen_z.bias",)),
+def rules(family: str, config: Mapping) -> tuple[list[Rule], list[str]]:
+    """``(rules, [])`` of a BigGAN-deep of ``config``: every stored tensor is converted."""
+    if family not in FAMILIES:
+        raise CheckpointError(f"no BigGAN key map for family {family!r}; known: {list(FAMILIES)}")
+    r = [
+        Rule("stem/embeddings", "embeddings.weight", dense),
+        Rule("stem/gen_z/kernel", _sn("generator.gen_z"), _SN_DENSE),
+        Rule("stem/gen_z/bias", "generator.gen_z.bias"),
     ]
     j = 0
     for i, _ in enumerate(config["layers"]):
         if i == config["attention_layer_position"]:
             p = f"generator.layers.{j}"
-            entries += [(f"blocks/{j}/{ours}", "sn_1x1", _sn(f"{p}.{theirs}")) for ours, theirs in _ATTN]
-            entries.append((f"blocks/{j}/gamma", "scalar", (f"{p}.gamma",)))
+            r += [Rule(f"blocks/{j}/{ours}", _sn(f"{p}.{theirs}"), _SN_1X1) for ours, theirs in _ATTN]
+            r.append(Rule(f"blocks/{j}/gamma", f"{p}.gamma", scalar))
             j += 1
         p = f"generator.layers.{j}"
         for k in range(4):
-            bn, conv = f"{p}.bn_{k}", f"{p}.conv_{k}"
-            entries += [
-                (f"blocks/{j}/bn_{k}/scale", "sn_T", _sn(f"{bn}.scale")),
-                (f"blocks/{j}/bn_{k}/offset", "sn_T", _sn(f"{bn}.offset")),
-                (f"blocks/{j}/bn_{k}/means", "copy", (f"{bn}.running_means",)),
-                (f"blocks/{j}/bn_{k}/vars", "copy", (f"{bn}.running_vars",)),
-                (f"blocks/{j}/conv_{k}/kernel", "sn_1x1" if k in (0, 3) else "sn_3x3", _sn(conv)),
-                (f"blocks/{j}/conv_{k}/bias", "copy", (f"{conv}.bias",)),
+            bn, conv_ = f"{p}.bn_{k}", f"{p}.conv_{k}"
+            r += [
+                Rule(f"blocks/{j}/bn_{k}/scale", _sn(f"{bn}.scale"), _SN_DENSE),
+                Rule(f"blocks/{j}/bn_{k}/offset", _sn(f"{bn}.offset"), _SN_DENSE),
+                Rule(f"blocks/{j}/bn_{k}/means", f"{bn}.running_means"),
+                Rule(f"blocks/{j}/bn_{k}/vars", f"{bn}.running_vars"),
+                Rule(f"blocks/{j}/conv_{k}/kernel", _sn(conv_), _SN_1X1 if k in (0, 3) else _SN_CONV),
+                Rule(f"blocks/{j}/conv_{k}/bias", f"{conv_}.bias"),
             ]
         j += 1
-    entries += [
-        ("head/bn/weight", "copy", ("generator.bn.weight",)),
-        ("head/bn/bias", "copy", ("generator.bn.bias",)),
-        ("head/bn/means", "copy", ("generator.bn.running_means",)),
-        ("head/bn/vars", "copy", ("generator.bn.running_vars",)),
-        ("head/conv_to_rgb/kernel", "sn_rgb", _sn("generator.conv_to_rgb")),
-        ("head/conv_to_rgb/bias", "rgb_bias", ("generator.conv_to_rgb.bias",)),
+    r += [
+        Rule("head/bn/weight", "generator.bn.weight"),
+        Rule("head/bn/bias", "generator.bn.bias"),
+        Rule("head/bn/means", "generator.bn.running_means"),
+        Rule("head/bn/vars", "generator.bn.running_vars"),
+        Rule("head/conv_to_rgb/kernel", _sn("generator.conv_to_rgb"), _SN_RGB),
+        Rule("head/conv_to_rgb/bias", "generator.conv_to_rgb.bias", rgb),
     ]
-    return entries
+    return r, []
 
 
-def _missing(entries, keys) -> list[str]:
-    return sorted({k for _, _, src in entries for k in src if k not in keys})
-
-
-def _raise_missing(missing, what):
-    shown = ", ".join(missing[:12]) + (f" (+{len(missing) - 12} more)" if len(missing) > 12 else "")
-    raise CheckpointError(
-        f"the {what} lacks tensors a BigGAN-deep of its config needs: {shown}. Likely cause: the config "
-        "does not belong to these weights, or the file is truncated; use the config.json that came with the weights"
-    )
-
-
-def map_shapes(shapes: Mapping[str, tuple], config: Mapping, what: str = "checkpoint"):
-    """``({flax_path: shape}, used_source_keys)`` from source shapes alone (no weights needed)."""
-    entries = key_map(config)
-    shapes = {k: tuple(int(d) for d in s) for k, s in shapes.items()}
-    missing = _missing(entries, shapes)
+def _check_sources(rules: list[Rule], shapes: Mapping[str, tuple], what: str) -> None:
+    """Every tensor the rules need is there, and every spectral norm's ``u``, ``v`` fit its weight."""
+    missing = sorted({k for rule in rules for k in rule.keys if k not in shapes})
     if missing:
-        _raise_missing(missing, what)
-    out, used, bad = {}, set(), []
-    for path, kind, src in entries:
-        s = [shapes[k] for k in src]
-        if kind.startswith("sn_"):
-            w, u, v = s
-            if len(w) < 2 or u != (w[0],) or v != (math.prod(w[1:]),):
-                bad.append(f"{src[0]} {w} with {src[1]} {u} and {src[2]} {v}")
-                continue
-        out[path] = tuple(_TRANSFORMS[kind][1](*s))
-        used.update(src)
+        shown = ", ".join(missing[:12]) + (f" (+{len(missing) - 12} more)" if len(missing) > 12 else "")
+        raise CheckpointError(
+            f"the {what} lacks tensors a BigGAN-deep of its config needs: {shown}. Likely cause: the config "
+            "does not belong to these weights, or the file is truncated; use the config.json that came with the weights"
+        )
+    bad = []
+    for rule in rules:
+        if len(rule.keys) == 3:  # weight_orig, weight_u, weight_v
+            w, u, v = (shapes[k] for k in rule.keys)
+            if spectral_norm_mismatch(w, u, v):
+                bad.append(f"{rule.keys[0]} {w} with {rule.keys[1]} {u} and {rule.keys[2]} {v}")
     if bad:
         raise CheckpointError(
             f"the {what} has spectral-norm vectors that do not fit their weights: " + "; ".join(bad[:8])
             + ". Fix: the file is damaged or not a pytorch-pretrained-BigGAN checkpoint"
         )
-    return out, used
-
-
-def map_arrays(state_dict: Mapping[str, np.ndarray], config: Mapping, what: str = "checkpoint"):
-    """``({flax_path: array}, used_source_keys)``: the converted parameters."""
-    entries = key_map(config)
-    missing = _missing(entries, state_dict)
-    if missing:
-        _raise_missing(missing, what)
-    out, used = {}, set()
-    for path, kind, src in entries:
-        arrays = [np.asarray(state_dict[k], np.float32) for k in src]
-        out[path] = _TRANSFORMS[kind][0](*arrays)
-        used.update(src)
-    return out, used
 
 
 # ---- config -----------------------------------------------------------------------------
@@ -270,39 +220,30 @@ def _zoo_names_for(config) -> list[str]:
     from ported_gens import zoo
 
     keys = [k for k in _CONFIG_DEFAULTS if k != "class_embed_dim"]
-    return [n for n, (fam, cfg) in zoo.ZOO.items() if fam == NAME and cfg and not _differences(cfg, config, keys)]
+    return [n for n, (fam, cfg) in zoo.ZOO.items() if fam == "biggan" and cfg and not _differences(cfg, config, keys)]
 
 
 # ---- the converter ----------------------------------------------------------------------
 
 
-def _state_dict_of(obj):
+def _source(obj) -> tuple[dict, str]:
+    """``(state dict, what to call it in errors)`` of a HuggingFace folder record or a state dict."""
     if isinstance(obj, dict) and obj.get("kind") == "hf_folder":
-        return obj.get("state_dict")
-    return obj
+        return obj.get("state_dict"), f"checkpoint in {obj.get('path')!r}"
+    return obj, "state dict"
 
 
 def claims(obj) -> bool:
-    sd = _state_dict_of(obj)
+    sd, _ = _source(obj)
     return isinstance(sd, dict) and "generator.gen_z.weight_orig" in sd and "embeddings.weight" in sd
 
 
-def to_generator(obj, arch: str | None = None):
-    """The Flax BigGAN of a HuggingFace folder record or a bare state dict, every tensor checked."""
-    from ported_gens import zoo
-    from ported_gens.base import abstract
-
-    sd = _state_dict_of(obj)
-    if not isinstance(sd, dict) or not all(isinstance(v, np.ndarray) for v in sd.values()):
-        raise CheckpointError(
-            f"expected a BigGAN-deep state dict or HuggingFace folder, got {type(sd).__name__}; "
-            "give the folder holding config.json and pytorch_model.bin"
-        )
-    hf = isinstance(obj, dict) and obj.get("kind") == "hf_folder"
-    what = f"checkpoint in {obj.get('path')!r}" if hf else "state dict"
-    shapes = {k: np.shape(v) for k, v in sd.items()}
-    inferred = infer_config(shapes, what)
-    if hf:
+def config_for(obj, arch: str | None = None) -> tuple[str, dict]:
+    """``("biggan", config)``: the folder's ``config.json`` checked against the tensor shapes, or
+    the config inferred from the shapes of a bare state dict; ``arch`` must agree with it."""
+    sd, what = _source(obj)
+    inferred = infer_config({k: shape_of(v) for k, v in sd.items()}, what)
+    if isinstance(obj, dict) and obj.get("kind") == "hf_folder":
         where = f"{obj.get('path')!r}/config.json"
         config = config_from_json(obj["config"], where)
         diffs = _differences(config, inferred, _SHAPE_KEYS)
@@ -315,7 +256,7 @@ def to_generator(obj, arch: str | None = None):
     else:
         config = inferred
     if arch:
-        expected = zoo.config_of(arch)
+        expected = common.arch_config(arch)[1]
         diffs = _differences(expected, config, [k for k in expected if k != "class_embed_dim"])
         if diffs:
             match = _zoo_names_for(config)
@@ -323,12 +264,23 @@ def to_generator(obj, arch: str | None = None):
             raise CheckpointError(
                 f"--arch {arch} does not match this checkpoint ({arch} vs checkpoint): " + "; ".join(diffs) + f". Fix: {fix}"
             )
+    return "biggan", config
+
+
+def to_generator(obj, arch: str | None = None):
+    """The Flax BigGAN of a HuggingFace folder record or a bare state dict, every tensor checked."""
+    sd, what = _source(obj)
+    if not isinstance(sd, dict) or not all(isinstance(v, np.ndarray) for v in sd.values()):
+        raise CheckpointError(
+            f"expected a BigGAN-deep state dict or HuggingFace folder, got {type(sd).__name__}; "
+            "give the folder holding config.json and pytorch_model.bin"
+        )
+    family, config = config_for(obj, arch)
     try:
-        model = abstract(NAME, config)
+        model = abstract(family, config)
     except ConfigError as e:
         raise CheckpointError(f"the {what} has an unusable BigGAN config: {e}") from None
+    rs, ignored = rules(family, config)
+    _check_sources(rs, {k: shape_of(v) for k, v in sd.items()}, what)
     hint = "a config.json from another BigGAN resolution, or a truncated pytorch_model.bin"
-    params_shapes, used = map_shapes(shapes, config, what)
-    check_keymap(model, params_shapes, source_keys=sd.keys(), used=used, what=what, hint=hint)
-    params, used = map_arrays(sd, config, what)
-    return fill(model, params, source_keys=sd.keys(), used=used, what=what, hint=hint)
+    return common.build(sd, family, config, rs, ignored, what=what, hint=hint, model=model)

@@ -6,18 +6,25 @@ used and which it deliberately ignores. :func:`fill` then checks, against the ge
 abstract parameter tree, that every Flax parameter is filled with the right shape, that no
 unknown path is given, and that every source key is accounted for; any mismatch is listed in
 one :class:`~panda_jax.errors.CheckpointError` with the likely cause.
+
+:func:`build` is what every converter's ``to_generator`` ends with: state dict, family, config
+and rule table in, the checked and filled generator out (shapes are checked before any tensor
+is transformed). :func:`arch_config` and :func:`infer_fmaps` are the config helpers the
+families share.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import jax
 import numpy as np
 from flax import nnx
 
 from panda_jax.errors import CheckpointError
-from ported_gens.base import Generator
+from ported_gens.base import Generator, abstract
+
+from .transforms import Rule, apply_rules, shape_of
 
 MAX_LISTED = 12
 
@@ -95,3 +102,65 @@ def fill(model: Generator, params: Mapping[str, np.ndarray], **check_kwargs) -> 
         leaves.append(jax.numpy.asarray(arr, dtype=leaf.dtype))
     nnx.replace_by_pure_dict(state, jax.tree_util.tree_unflatten(treedef, leaves))
     return nnx.merge(graphdef, state)
+
+
+def build(
+    sd: Mapping[str, np.ndarray],
+    family: str,
+    config: dict,
+    rules: Sequence[Rule],
+    ignored: Sequence[str] = (),
+    *,
+    what: str,
+    hint: str = "",
+    model: Generator | None = None,
+    name_mismatched_keys: bool = False,
+) -> Generator:
+    """The ``family`` generator of ``config`` filled from the state dict ``sd`` by ``rules``.
+
+    The key map is first checked on bare shapes (no tensor is transformed until every
+    parameter is known to fit), then applied to the arrays. ``model`` is the abstract model if
+    the caller has built it already; with ``name_mismatched_keys`` the hint also names the
+    source keys whose converted shape differs from the model's.
+    """
+    model = abstract(family, config) if model is None else model
+    shapes = {k: shape_of(v) for k, v in sd.items()}
+    params, used, present = apply_rules(rules, ignored, shapes)
+    if name_mismatched_keys:
+        want = flax_shapes(model)
+        wrong = [r.keys[0] for r in rules if r.path in params and r.path in want and params[r.path] != want[r.path]]
+        if wrong:
+            more = f" (+{len(wrong) - 8} more)" if len(wrong) > 8 else ""
+            hint += f"; checkpoint keys of another shape: {', '.join(wrong[:8])}{more}"
+    checks = dict(source_keys=list(sd), what=what, hint=hint)
+    check_keymap(model, params, used=used, ignored=present, **checks)
+    params, used, present = apply_rules(rules, ignored, sd)
+    return fill(model, params, used=used, ignored=present, **checks)
+
+
+def arch_config(arch: str) -> tuple[str, dict]:
+    """``(family, config overrides)`` of ``--arch``: a family name or a :mod:`ported_gens.zoo` name."""
+    from ported_gens import zoo
+
+    return zoo.family_of(arch), zoo.config_of(arch)
+
+
+def infer_fmaps(family: str, nf: dict[int, int], default_base: int) -> tuple[int, int]:
+    """``(fmaps_base, fmaps_max)`` reproducing ``nf[res] = min(fmaps_base // res, fmaps_max)``
+    (genforce's and NVlabs' channel rule); ``default_base`` when every width is at the cap."""
+    fmax = nf[min(nf)]
+    base = None
+    for res in sorted(nf):
+        if nf[res] < fmax:
+            base = nf[res] * res
+            break
+    if base is None:  # no resolution below the cap: any large base fits; prefer the family's default
+        base = default_base
+        if any(min(base // r, fmax) != c for r, c in nf.items()):
+            base = fmax * max(nf)
+    if any(min(base // r, fmax) != c for r, c in nf.items()):
+        raise CheckpointError(
+            f"the {family} checkpoint's channel counts {dict(sorted(nf.items()))} (resolution: channels) do not "
+            "follow genforce's min(fmaps_base // res, fmaps_max); this is not a standard genforce network"
+        )
+    return int(base), int(fmax)

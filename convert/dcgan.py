@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
-
 from panda_jax.errors import CheckpointError
 
+from . import common
+from .transforms import Rule, conv_transposed_flipped, projection, shape_of
+
 NAME = "dcgan"
+FAMILIES = ("dcgan",)
+DESCRIPTION = "DCGAN"
 
 WRAPPER_KEYS = ("netG_state_dict", "netG", "generator", "state_dict", "model")
 _KEY = re.compile(r"^main\.(\d+)\.(weight|bias|running_mean|running_var|num_batches_tracked)$")
@@ -46,7 +49,7 @@ def state_dict(obj):
 
 def _conv_indices(sd: dict) -> list[int]:
     return sorted(
-        int(m.group(1)) for k in sd if (m := _KEY.match(k)) and m.group(2) == "weight" and np.ndim(sd[k]) == 4
+        int(m.group(1)) for k in sd if (m := _KEY.match(k)) and m.group(2) == "weight" and len(shape_of(sd[k])) == 4
     )
 
 
@@ -68,7 +71,7 @@ def _describe(obj) -> str:
 
 
 def infer_config(sd: dict) -> dict:
-    """``{nz, ngf, nc, blocks}`` from the transposed-conv weight shapes."""
+    """``{nz, ngf, nc, blocks}`` from the transposed-conv weight shapes (arrays or bare shapes)."""
     convs = _conv_indices(sd)
     blocks = len(convs) - 1
     if blocks < 1 or convs != [3 * i for i in range(blocks + 1)]:
@@ -77,7 +80,7 @@ def infer_config(sd: dict) -> dict:
             "main.0, main.3, main.6, ... (transposed conv, batch norm, ReLU per block). "
             f"Expected {_EXPECTED}"
         )
-    shapes = [tuple(np.shape(sd[f"main.{i}.weight"])) for i in convs]
+    shapes = [shape_of(sd[f"main.{i}.weight"]) for i in convs]
     if any(s[2:] != (4, 4) for s in shapes):
         raise CheckpointError(
             f"DCGAN transposed convs have 4x4 kernels; got weight shapes {shapes}. Expected {_EXPECTED}"
@@ -96,52 +99,44 @@ def infer_config(sd: dict) -> dict:
     return {"nz": int(nz), "ngf": int(ngf), "nc": int(nc), "blocks": int(blocks)}
 
 
-def keymap(sd: dict, config: dict) -> tuple[dict, list, list]:
-    """``({flax_path: array}, used source keys, ignored source keys)``."""
+def rules(family: str, config: dict) -> tuple[list[Rule], list[str]]:
+    """``(rules, the batch norms' num_batches_tracked)`` of a DCGAN of ``config``."""
+    if family not in FAMILIES:
+        raise CheckpointError(f"no DCGAN key map for family {family!r}; known: {list(FAMILIES)}")
     B = config["blocks"]
-    params, used = {}, []
-
-    def take(key):
-        if key in sd:
-            used.append(key)
-            return np.asarray(sd[key], np.float32)
-        return None
-
-    def put(path, value):
-        if value is not None:
-            params[path] = value
-
-    w = take("main.0.weight")  # [nz, C, 4, 4] -> [nz, 4, 4, C]
-    put("convs/0/kernel", None if w is None else w.transpose(0, 2, 3, 1))
+    r = [Rule("convs/0/kernel", "main.0.weight", projection)]  # [nz, C, 4, 4] -> [nz, 4, 4, C]
     for i in range(1, B + 1):
-        w = take(f"main.{3 * i}.weight")  # [C_in, C_out, 4, 4] -> flipped HWIO
-        path = "out/kernel" if i == B else f"convs/{i}/kernel"
-        put(path, None if w is None else np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(2, 3, 0, 1)))
+        r.append(Rule("out/kernel" if i == B else f"convs/{i}/kernel", f"main.{3 * i}.weight", conv_transposed_flipped))
     for i in range(B):
-        bn = 3 * i + 1
-        put(f"norms/{i}/scale", take(f"main.{bn}.weight"))
-        put(f"norms/{i}/bias", take(f"main.{bn}.bias"))
-        put(f"norms/{i}/mean", take(f"main.{bn}.running_mean"))
-        put(f"norms/{i}/var", take(f"main.{bn}.running_var"))
-    ignored = [k for k in sd if k.endswith(".num_batches_tracked")]
-    return params, used, ignored
+        bn = f"main.{3 * i + 1}"
+        r += [Rule(f"norms/{i}/scale", f"{bn}.weight"), Rule(f"norms/{i}/bias", f"{bn}.bias"),
+              Rule(f"norms/{i}/mean", f"{bn}.running_mean"), Rule(f"norms/{i}/var", f"{bn}.running_var")]
+    return r, [f"main.{3 * i + 1}.num_batches_tracked" for i in range(B)]
 
 
-def to_generator(obj, arch=None):
-    from ported_gens.base import abstract
-
-    from .common import fill
-
+def _source(obj) -> dict:
     sd = state_dict(obj)
     if sd is None or "main.0.weight" not in sd:
         raise CheckpointError(
             f"the checkpoint is not a DCGAN generator: it holds {_describe(obj)}; expected {_EXPECTED}. "
             "Pass the generator's state dict, or another --arch for another architecture"
         )
-    config = infer_config(sd)
-    model = abstract(NAME, config)
-    params, used, ignored = keymap(sd, config)
-    return fill(
-        model, params, source_keys=list(sd), used=used, ignored=ignored, what="DCGAN checkpoint",
+    return sd
+
+
+def config_for(obj, arch: str | None = None) -> tuple[str, dict]:
+    """``("dcgan", config)`` read off the weight shapes; ``arch`` (a dcgan zoo name) overrides."""
+    config = infer_config(_source(obj))
+    if arch:
+        config.update(common.arch_config(arch)[1])
+    return "dcgan", config
+
+
+def to_generator(obj, arch: str | None = None):
+    """The converter entry point (see :mod:`convert`)."""
+    sd = _source(obj)
+    family, config = config_for(obj, arch)
+    return common.build(
+        sd, family, config, *rules(family, config), what="DCGAN checkpoint",
         hint=f"a generator of another layout than the DCGAN tutorial's (inferred {config})",
     )

@@ -36,6 +36,9 @@ StyleGAN2 ``synthesis.output{k}.*``     ``torgbs/{k}/weight|bias|style/*``
 Deliberately not converted: ``lod`` (checked to be 0, a fully grown network), the ToRGB layers of
 the lower resolutions of PGGAN/StyleGAN (unused at ``lod = 0``), and the fixed blur/upsampling
 filter buffers (the ports build the same filters).
+
+NVlabs networks are :mod:`convert.nvlabs_stylegan2`'s and :mod:`convert.stylegan3`'s (``convert``
+picks the converter); given here, they are refused by name, as rosinality's generators are.
 """
 
 from __future__ import annotations
@@ -47,8 +50,12 @@ import numpy as np
 
 from panda_jax.errors import CheckpointError
 
+from . import common, readers
+from .transforms import Rule, conv, conv_transposed, dense, nchw, shape_of
+
 NAME = "genforce"
 FAMILIES = ("pggan", "stylegan", "stylegan2")
+DESCRIPTION = "genforce PGGAN/StyleGAN/StyleGAN2"
 
 DEFAULTS = {
     "pggan": {"fmaps_base": 16 << 10},
@@ -88,10 +95,6 @@ def _describe(obj) -> str:
     return type(obj).__name__
 
 
-def _shape(v) -> tuple[int, ...]:
-    return tuple(v) if isinstance(v, tuple) else tuple(np.shape(v))
-
-
 def layout(sd: Mapping) -> str | None:
     """Which generator layout a state dict has: ``pggan``, ``stylegan``, ``stylegan2`` (genforce),
     ``nvlabs`` (NVlabs StyleGAN2/-ADA/3), ``rosinality`` (rosinality's stylegan2-pytorch), or None."""
@@ -120,6 +123,17 @@ def _rosinality_error(where: str) -> CheckpointError:
     )
 
 
+def _nvlabs_error(sd: Mapping, arch: str | None = None) -> CheckpointError:
+    which = "StyleGAN3" if any(k.startswith("synthesis.input.") for k in sd) else "StyleGAN2"
+    if arch:
+        family = common.arch_config(arch)[0]
+        return CheckpointError(f"the checkpoint is an NVlabs {which} network, but --arch {arch!r} is a {family} model")
+    return CheckpointError(
+        f"the checkpoint is an NVlabs {which} network (keys synthesis.b4.* or synthesis.input.*, mapping.fc*), "
+        f"not a genforce one; convert it without --arch, or with a {which.lower()} model name"
+    )
+
+
 def claims(obj) -> bool:
     """A genforce checkpoint, or a rosinality one (claimed so that it is refused by name)."""
     if isinstance(obj, Mapping):
@@ -133,6 +147,23 @@ def claims(obj) -> bool:
     return False
 
 
+def _state_dict(obj, arch: str | None = None) -> dict:
+    """The generator state dict of a read checkpoint; rosinality and NVlabs ones are refused by
+    name (``convert`` gives NVlabs networks to their own converters)."""
+    if readers.is_record(obj):
+        raise _nvlabs_error(readers.state_dict(obj), arch)
+    if isinstance(obj, Mapping) and "g_ema" in obj and isinstance(obj["g_ema"], Mapping):
+        if layout(obj["g_ema"]) == "rosinality":
+            raise _rosinality_error("the checkpoint ('g_ema')")
+    sd, _ = unwrap(obj)
+    kind = layout(sd)
+    if kind == "rosinality":
+        raise _rosinality_error("the checkpoint")
+    if kind == "nvlabs":
+        raise _nvlabs_error(sd, arch)
+    return sd
+
+
 # ---- config inference -------------------------------------------------------------------
 
 
@@ -144,27 +175,12 @@ def _indices(sd, pattern: str) -> list[int]:
 def _need(sd, key: str, family: str):
     if key not in sd:
         raise CheckpointError(f"the {family} checkpoint has no {key!r}; it is incomplete or of another architecture")
-    return _shape(sd[key])
+    return shape_of(sd[key])
 
 
 def infer_fmaps(family: str, nf: dict[int, int]) -> tuple[int, int]:
     """``(fmaps_base, fmaps_max)`` reproducing ``nf[res] = min(fmaps_base // res, fmaps_max)``."""
-    fmax = nf[min(nf)]
-    base = None
-    for res in sorted(nf):
-        if nf[res] < fmax:
-            base = nf[res] * res
-            break
-    if base is None:  # no resolution below the cap: any large base fits; prefer the family's default
-        base = DEFAULTS[family]["fmaps_base"]
-        if any(min(base // r, fmax) != c for r, c in nf.items()):
-            base = fmax * max(nf)
-    if any(min(base // r, fmax) != c for r, c in nf.items()):
-        raise CheckpointError(
-            f"the {family} checkpoint's channel counts {dict(sorted(nf.items()))} (resolution: channels) do not "
-            "follow genforce's min(fmaps_base // res, fmaps_max); this is not a standard genforce network"
-        )
-    return int(base), int(fmax)
+    return common.infer_fmaps(family, nf, DEFAULTS[family]["fmaps_base"])
 
 
 def _check_res(family: str, n_layers: int, per_res: int, offset: int) -> int:
@@ -201,8 +217,9 @@ def _mapping_config(sd, family):
     }
 
 
-def infer(sd: Mapping) -> tuple[str, dict]:
-    """``(family, config)`` of a genforce state dict (values: arrays or bare shapes)."""
+def infer_config(sd: Mapping) -> dict:
+    """The config of a genforce state dict (values: arrays or bare shapes), for the family
+    :func:`layout` names."""
     family = layout(sd)
     if family == "rosinality":
         raise _rosinality_error("the state dict")
@@ -220,21 +237,19 @@ def infer(sd: Mapping) -> tuple[str, dict]:
             if nf[r] != nf[r // 2]:
                 fused = s[0] == nf[r // 2] and s[1] == nf[r]
                 break
-        cfg = dict(
+        return dict(
             resolution=res, z_dim=_need(sd, "layer0.weight", family)[1], fmaps_base=base, fmaps_max=fmax,
             fused_scale=fused, image_channels=_need(sd, "output0.weight", family)[0], final_tanh=False,
         )
-        return family, cfg
     if family == "stylegan":
         layers = _indices(sd, r"synthesis\.layer(\d+)\.style\.weight")
         res = _check_res(family, len(layers), 2, 2)
         nf = {4 * 2**k: _need(sd, f"synthesis.layer{2 * k + 1}.weight", family)[0] for k in range(len(layers) // 2)}
         base, fmax = infer_fmaps(family, nf)
-        cfg = dict(
+        return dict(
             resolution=res, **_mapping_config(sd, family), fmaps_base=base, fmaps_max=fmax, fused_scale="auto",
             image_channels=_need(sd, "synthesis.output0.weight", family)[0], final_tanh=False,
         )
-        return family, cfg
     layers = _indices(sd, r"synthesis\.layer(\d+)\.weight")
     res = _check_res(family, len(layers), 2, 3)
     outputs = _indices(sd, r"synthesis\.output(\d+)\.weight")
@@ -245,107 +260,79 @@ def infer(sd: Mapping) -> tuple[str, dict]:
         )
     nf = {4 * 2**k: _need(sd, f"synthesis.layer{2 * k}.weight", family)[0] for k in range(len(layers) // 2 + 1)}
     base, fmax = infer_fmaps(family, nf)
-    cfg = dict(
+    return dict(
         resolution=res, **_mapping_config(sd, family), fmaps_base=base, fmaps_max=fmax,
         image_channels=_need(sd, "synthesis.output0.weight", family)[0], final_tanh=False, conv_clamp=None,
     )
-    return family, cfg
 
 
 # ---- key maps -----------------------------------------------------------------------------
 
 
-def _t_dense(a):
-    return a.T
-
-
-def _t_conv(a):  # [out, in, k, k] -> [k, k, in, out]
-    return a.transpose(2, 3, 1, 0)
-
-
-def _t_convT(a):  # [in, out, k, k] (transposed-conv layout) -> [k, k, in, out]
-    return a.transpose(2, 3, 0, 1)
-
-
-def _t_nchw(a):  # [1, C, H, W] -> [1, H, W, C]
-    return a.transpose(0, 2, 3, 1)
-
-
-def _t_same(a):
-    return a
-
-
-def _apply(fn, v):
-    """``fn`` on an array, or on a bare shape (through a zero-stride view: no memory)."""
-    if isinstance(v, tuple):
-        return tuple(fn(np.broadcast_to(np.float32(0), v)).shape)
-    return np.asarray(fn(np.asarray(v, np.float32)), np.float32)
-
-
-def _mapping_rules(cfg) -> list:
+def _mapping_rules(cfg) -> list[Rule]:
     rules = []
     for i in range(cfg["mapping_layers"]):
-        rules.append((f"mapping/layers/{i}/weight", f"mapping.dense{i}.weight", _t_dense))
-        rules.append((f"mapping/layers/{i}/bias", f"mapping.dense{i}.bias", _t_same))
-    rules.append(("w_avg", "truncation.w_avg", _t_same))
+        rules.append(Rule(f"mapping/layers/{i}/weight", f"mapping.dense{i}.weight", dense))
+        rules.append(Rule(f"mapping/layers/{i}/bias", f"mapping.dense{i}.bias"))
+    rules.append(Rule("w_avg", "truncation.w_avg"))
     return rules
 
 
-def rules(family: str, cfg: dict) -> tuple[list, list[str]]:
-    """``([(flax_path, torch_key, transform)], [torch keys deliberately not converted])``."""
-    log2 = int(np.log2(cfg["resolution"]))
+def rules(family: str, config: dict) -> tuple[list[Rule], list[str]]:
+    """``(rules, torch keys deliberately not converted)`` of a genforce ``family`` network."""
+    log2 = int(np.log2(config["resolution"]))
     last = log2 - 2
     r, ignored = [], []
     if family == "pggan":
         for i in range(2 * (log2 - 1)):
-            fused_up = cfg["fused_scale"] and i % 2 == 0 and i > 0
-            r.append((f"convs/{i}/weight", f"layer{i}.weight", _t_convT if fused_up else _t_conv))
-            r.append((f"convs/{i}/bias", f"layer{i}.bias", _t_same))
-        r += [("torgb/weight", f"output{last}.weight", _t_conv), ("torgb/bias", f"output{last}.bias", _t_same)]
+            fused_up = config["fused_scale"] and i % 2 == 0 and i > 0
+            r.append(Rule(f"convs/{i}/weight", f"layer{i}.weight", conv_transposed if fused_up else conv))
+            r.append(Rule(f"convs/{i}/bias", f"layer{i}.bias"))
+        r += [Rule("torgb/weight", f"output{last}.weight", conv), Rule("torgb/bias", f"output{last}.bias")]
         ignored += ["lod"] + [f"output{k}.{p}" for k in range(last) for p in ("weight", "bias")]
     elif family == "stylegan":
-        r += _mapping_rules(cfg)
-        r.append(("const", "synthesis.layer0.const", _t_nchw))
+        r += _mapping_rules(config)
+        r.append(Rule("const", "synthesis.layer0.const", nchw))
         for i in range(2 * (log2 - 1)):
             s = f"synthesis.layer{i}"
             if i > 0:
-                r.append((f"convs/{i}/conv/weight", f"{s}.weight", _t_conv))
+                r.append(Rule(f"convs/{i}/conv/weight", f"{s}.weight", conv))
             r += [
-                (f"convs/{i}/bias", f"{s}.bias", _t_same),
-                (f"convs/{i}/noise_weight", f"{s}.apply_noise.weight", _t_same),
-                (f"convs/{i}/noise", f"{s}.apply_noise.noise", _t_nchw),
-                (f"convs/{i}/style/weight", f"{s}.style.weight", _t_dense),
-                (f"convs/{i}/style/bias", f"{s}.style.bias", _t_same),
+                Rule(f"convs/{i}/bias", f"{s}.bias"),
+                Rule(f"convs/{i}/noise_weight", f"{s}.apply_noise.weight"),
+                Rule(f"convs/{i}/noise", f"{s}.apply_noise.noise", nchw),
+                Rule(f"convs/{i}/style/weight", f"{s}.style.weight", dense),
+                Rule(f"convs/{i}/style/bias", f"{s}.style.bias"),
             ]
             if i > 0 and i % 2 == 0:
                 ignored.append(f"{s}.blur.kernel")
         r += [
-            ("torgb/weight", f"synthesis.output{last}.weight", _t_conv),
-            ("torgb/bias", f"synthesis.output{last}.bias", _t_same),
+            Rule("torgb/weight", f"synthesis.output{last}.weight", conv),
+            Rule("torgb/bias", f"synthesis.output{last}.bias"),
         ]
         ignored += ["synthesis.lod"] + [f"synthesis.output{k}.{p}" for k in range(last) for p in ("weight", "bias")]
     elif family == "stylegan2":
-        r += _mapping_rules(cfg)
-        r.append(("const", "synthesis.early_layer.const", _t_nchw))
+        r += _mapping_rules(config)
+        r.append(Rule("const", "synthesis.early_layer.const", nchw))
         for i in range(2 * log2 - 3):
             s = f"synthesis.layer{i}"
             r += [
-                (f"convs/{i}/weight", f"{s}.weight", _t_conv),
-                (f"convs/{i}/bias", f"{s}.bias", _t_same),
-                (f"convs/{i}/noise", f"{s}.noise", _t_nchw),
-                (f"convs/{i}/noise_strength", f"{s}.noise_strength", _t_same),
-                (f"convs/{i}/style/weight", f"{s}.style.weight", _t_dense),
-                (f"convs/{i}/style/bias", f"{s}.style.bias", _t_same),
+                Rule(f"convs/{i}/weight", f"{s}.weight", conv),
+                Rule(f"convs/{i}/bias", f"{s}.bias"),
+                Rule(f"convs/{i}/noise", f"{s}.noise", nchw),
+                Rule(f"convs/{i}/noise_strength", f"{s}.noise_strength"),
+                Rule(f"convs/{i}/style/weight", f"{s}.style.weight", dense),
+                Rule(f"convs/{i}/style/bias", f"{s}.style.bias"),
             ]
             if i % 2 == 1:
                 ignored.append(f"{s}.filter.kernel")
         for k in range(log2 - 1):
             s = f"synthesis.output{k}"
             r += [
-                (f"torgbs/{k}/weight", f"{s}.weight", _t_conv),
-                (f"torgbs/{k}/bias", f"{s}.bias", _t_same),
-                (f"torgbs/{k}/style/weight", f"{s}.style.weight", _t_dense),
-                (f"torgbs/{k}/style/bias", f"{s}.style.bias", _t_same),
+                Rule(f"torgbs/{k}/weight", f"{s}.weight", conv),
+                Rule(f"torgbs/{k}/bias", f"{s}.bias"),
+                Rule(f"torgbs/{k}/style/weight", f"{s}.style.weight", dense),
+                Rule(f"torgbs/{k}/style/bias", f"{s}.style.bias"),
             ]
         ignored.append("synthesis.upsample.kernel")
     else:
@@ -353,17 +340,7 @@ def rules(family: str, cfg: dict) -> tuple[list, list[str]]:
     return r, ignored
 
 
-def key_map(family: str, cfg: dict, sd: Mapping) -> tuple[dict, list[str], list[str]]:
-    """``(params, used, ignored)``: Flax path -> converted array (or shape, when ``sd`` holds bare
-    shapes), the torch keys used, and those deliberately left out. Keys missing from ``sd`` are
-    left out of ``params`` (``convert.common.check_keymap`` lists them)."""
-    rs, ignored = rules(family, cfg)
-    params, used = {}, []
-    for path, key, fn in rs:
-        if key in sd:
-            params[path] = _apply(fn, sd[key])
-            used.append(key)
-    return params, used, [k for k in ignored if k in sd]
+# ---- the converter ----------------------------------------------------------------------
 
 
 def _check_lod(sd):
@@ -375,9 +352,37 @@ def _check_lod(sd):
             )
 
 
-def _hint(family: str, sd) -> str:
+def _resolve(sd: Mapping, family: str | None, config: dict | None) -> tuple[str, dict]:
+    """``(family, config)``: what the keys and shapes say, updated by ``family``/``config``."""
+    kind = layout(sd)
+    if kind == "rosinality":
+        raise _rosinality_error("the state dict")
+    if kind == "nvlabs":
+        raise _nvlabs_error(sd)
+    _check_lod(sd)
+    inferred_family, cfg = (kind, infer_config(sd)) if kind in FAMILIES else (None, {})
+    family = family or inferred_family
+    if family not in FAMILIES or not (cfg or config):
+        raise CheckpointError(f"not a genforce PGGAN/StyleGAN/StyleGAN2 state dict ({_describe(sd)})")
+    if inferred_family is not None and family != inferred_family:
+        raise CheckpointError(
+            f"the checkpoint is a genforce {inferred_family} network, but {family} was asked for; "
+            f"pass --arch with a {inferred_family} model name (or none)"
+        )
+    return family, {**cfg, **(config or {})}
+
+
+def config_for(obj: Any, arch: str | None = None) -> tuple[str, dict]:
+    """``(family, config)`` of a read genforce checkpoint (or a bare state dict of arrays or
+    shapes), inferred from its keys and shapes; ``arch`` sets the family and overrides."""
+    sd = _state_dict(obj, arch)
+    family, overrides = common.arch_config(arch) if arch else (None, None)
+    return _resolve(sd, family, overrides)
+
+
+def _hint(sd) -> str:
     try:
-        fam, cfg = infer(sd)
+        fam, cfg = layout(sd), infer_config(sd)
     except CheckpointError:
         return "the file is not a complete genforce network"
     keys = ("resolution", "z_dim", "w_dim", "mapping_layers", "fmaps_base", "fmaps_max")
@@ -385,63 +390,19 @@ def _hint(family: str, sd) -> str:
     return f"wrong resolution, channel base or mapping depth; the file looks like a genforce {fam} with {desc}"
 
 
+def _build(sd: Mapping, family: str, cfg: dict):
+    return common.build(
+        sd, family, cfg, *rules(family, cfg), what=f"genforce {family} checkpoint", hint=_hint(sd),
+        name_mismatched_keys=True,
+    )
+
+
 def from_state_dict(sd: Mapping, family: str | None = None, config: dict | None = None):
     """The Flax generator from a genforce state dict; ``family``/``config`` override what the
     keys and shapes say (``config`` may be partial: it updates the inferred settings)."""
-    from convert.common import fill, flax_shapes
-    from ported_gens.base import abstract
-
-    kind = layout(sd)
-    if kind == "rosinality":
-        raise _rosinality_error("the state dict")
-    _check_lod(sd)
-    inferred_family, cfg = infer(sd) if kind in FAMILIES else (None, {})
-    family = family or inferred_family
-    if family not in FAMILIES:
-        raise CheckpointError(f"not a genforce PGGAN/StyleGAN/StyleGAN2 state dict ({_describe(sd)})")
-    if inferred_family is not None and family != inferred_family:
-        raise CheckpointError(
-            f"the checkpoint is a genforce {inferred_family} network, but {family} was asked for; "
-            f"pass --arch with a {inferred_family} model name (or none)"
-        )
-    cfg = {**cfg, **(config or {})}
-    model = abstract(family, cfg)
-    params, used, ignored = key_map(family, cfg, sd)
-    hint = _hint(family, sd)
-    want = flax_shapes(model)
-    wrong = [key for path, key, _ in rules(family, cfg)[0] if path in params and path in want
-             and _shape(params[path]) != want[path]]
-    if wrong:
-        more = f" (+{len(wrong) - 8} more)" if len(wrong) > 8 else ""
-        hint += f"; checkpoint keys of another shape: {', '.join(wrong[:8])}{more}"
-    return fill(
-        model, params, source_keys=list(sd), used=used, ignored=ignored,
-        what=f"genforce {family} checkpoint", hint=hint,
-    )
+    return _build(sd, *_resolve(sd, family, config))
 
 
 def to_generator(obj: Any, arch: str | None = None):
     """The converter entry point (see :mod:`convert`)."""
-    from . import readers
-
-    if readers.is_record(obj):  # an NVlabs network pickle
-        from . import nvlabs_stylegan2
-
-        return nvlabs_stylegan2.to_generator(obj, arch)
-    if isinstance(obj, Mapping) and "g_ema" in obj and isinstance(obj["g_ema"], Mapping):
-        if layout(obj["g_ema"]) == "rosinality":
-            raise _rosinality_error("the checkpoint ('g_ema')")
-    sd, _ = unwrap(obj)
-    kind = layout(sd)
-    if kind == "rosinality":
-        raise _rosinality_error("the checkpoint")
-    if kind == "nvlabs":
-        from . import nvlabs_stylegan2
-
-        return nvlabs_stylegan2.to_generator(obj, arch)
-    family, config = None, None
-    if arch:
-        from ported_gens import zoo
-
-        family, config = zoo.family_of(arch), zoo.config_of(arch)
-    return from_state_dict(sd, family, config)
+    return _build(_state_dict(obj, arch), *config_for(obj, arch))

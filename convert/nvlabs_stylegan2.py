@@ -41,35 +41,26 @@ import math
 import re
 from typing import Any, Mapping
 
-import numpy as np
-
 from panda_jax.errors import CheckpointError
 
-from . import readers
-from .genforce import _apply, _t_same
+from . import common, readers
+from .transforms import Rule, chw, conv, conv_flipped, dense, hw, minus_one, shape_of
 
 NAME = "nvlabs_stylegan2"
 FAMILIES = ("stylegan2",)
+DESCRIPTION = "NVlabs StyleGAN2-ADA"
 
 CLASS_NAMES = ("training.networks_stylegan2.Generator", "training.networks.Generator")
 MODULES = ("training.networks_stylegan2", "training.networks")
 DEFAULT_CONV_CLAMP = 256.0
+DEFAULT_CHANNEL_BASE = 32768  # NVlabs' and genforce's StyleGAN2 default
 _DROPPED = {"num_fp16_res", "fused_modconv_default", "w_avg_beta", "fp16_channels_last", "class_name"}
 _POSITIONAL = ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels")
 
 
 def _source(obj) -> tuple[dict, dict | None, str]:
     """``(state dict, constructor kwargs or None, where they came from)``."""
-    if readers.is_record(obj):
-        kwargs = dict(obj.get("init_kwargs") or {})
-        for name, value in zip(_POSITIONAL, obj.get("init_args") or ()):
-            kwargs.setdefault(name, value)
-        return readers.state_dict(obj), kwargs, "the pickle's stored constructor arguments"
-    if isinstance(obj, Mapping):
-        kwargs = getattr(obj, "init_kwargs", None)
-        where = repr(getattr(obj, "sidecar", None)) if kwargs is not None else "the state dict"
-        return dict(obj), (dict(kwargs) if kwargs is not None else None), where
-    raise CheckpointError(f"expected an NVlabs StyleGAN2 state dict or network pickle, got a {type(obj).__name__}")
+    return readers.network_source(obj, _POSITIONAL, "an NVlabs StyleGAN2")
 
 
 def _is_sg2_state_dict(sd: Mapping) -> bool:
@@ -91,18 +82,12 @@ def claims(obj) -> bool:
     return False
 
 
-def _shape(v) -> tuple[int, ...]:
-    return tuple(v) if isinstance(v, tuple) else tuple(np.shape(v))
-
-
 def _blocks(sd) -> list[int]:
     return sorted({int(m.group(1)) for k in sd for m in [re.match(r"synthesis\.b(\d+)\.", k)] if m})
 
 
 def infer_config(sd: Mapping) -> dict:
-    """The port's config from an NVlabs StyleGAN2 state dict's keys and shapes."""
-    from .genforce import infer_fmaps
-
+    """The port's config from an NVlabs StyleGAN2 state dict's keys and shapes (arrays or bare shapes)."""
     blocks = _blocks(sd)
     if not blocks or blocks != [4 * 2**k for k in range(len(blocks))] or not 8 <= blocks[-1] <= 1024:
         raise CheckpointError(f"the NVlabs StyleGAN2 state dict has synthesis blocks {blocks}; expected b4, b8, ... up to 8..1024 px")
@@ -115,11 +100,11 @@ def infer_config(sd: Mapping) -> dict:
     def need(key):
         if key not in sd:
             raise CheckpointError(f"the NVlabs StyleGAN2 state dict has no {key!r}; it is incomplete")
-        return _shape(sd[key])
+        return shape_of(sd[key])
 
     w_dim = need("mapping.w_avg")[0]
     nf = {r: need(f"synthesis.b{r}.conv1.weight")[0] for r in blocks}
-    base, fmax = infer_fmaps("stylegan2", nf)
+    base, fmax = common.infer_fmaps("stylegan2", nf, DEFAULT_CHANNEL_BASE)
     first = need("mapping.fc0.weight")
     return dict(
         resolution=blocks[-1],
@@ -179,7 +164,7 @@ def config_from_init_kwargs(kwargs: dict, where: str) -> dict:
         mapping_layers=int(mapping.get("num_layers", 8)),
         mapping_fmaps=int(mapping.get("layer_features") or w_dim),
         mapping_lr_mul=float(mapping.get("lr_multiplier", 0.01)),
-        fmaps_base=int(kw.get("channel_base", 32768)),
+        fmaps_base=int(kw.get("channel_base", DEFAULT_CHANNEL_BASE)),
         fmaps_max=int(kw.get("channel_max", 512)),
         image_channels=int(kw.get("img_channels", 3)),
         final_tanh=False,
@@ -190,49 +175,25 @@ def config_from_init_kwargs(kwargs: dict, where: str) -> dict:
 # ---- key map ------------------------------------------------------------------------------
 
 
-def _t_dense(a):
-    return a.T
-
-
-def _t_conv(a):
-    return a.transpose(2, 3, 1, 0)
-
-
-def _t_conv_flipped(a):
-    return a[:, :, ::-1, ::-1].transpose(2, 3, 1, 0)
-
-
-def _t_const(a):  # [C, 4, 4] -> [1, 4, 4, C]
-    return a.transpose(1, 2, 0)[None]
-
-
-def _t_noise(a):  # [r, r] -> [1, r, r, 1]
-    return a[None, :, :, None]
-
-
-def _t_minus_one(a):
-    return a - np.float32(1)
-
-
-
-
-def rules(cfg: dict) -> tuple[list, list[str]]:
-    """``([(flax_path, torch_key, transform)], [torch keys deliberately not converted])``."""
-    log2 = int(math.log2(cfg["resolution"]))
+def rules(family: str, config: dict) -> tuple[list[Rule], list[str]]:
+    """``(rules, torch keys deliberately not converted)`` of an NVlabs StyleGAN2 of ``config``."""
+    if family not in FAMILIES:
+        raise CheckpointError(f"no NVlabs StyleGAN2 key map for family {family!r}; known: {list(FAMILIES)}")
+    log2 = int(math.log2(config["resolution"]))
     r, ignored = [], []
-    for i in range(cfg["mapping_layers"]):
-        r += [(f"mapping/layers/{i}/weight", f"mapping.fc{i}.weight", _t_dense),
-              (f"mapping/layers/{i}/bias", f"mapping.fc{i}.bias", _t_same)]
-    r += [("w_avg", "mapping.w_avg", _t_same), ("const", "synthesis.b4.const", _t_const)]
+    for i in range(config["mapping_layers"]):
+        r += [Rule(f"mapping/layers/{i}/weight", f"mapping.fc{i}.weight", dense),
+              Rule(f"mapping/layers/{i}/bias", f"mapping.fc{i}.bias")]
+    r += [Rule("w_avg", "mapping.w_avg"), Rule("const", "synthesis.b4.const", chw)]
 
     def layer(path, src, flip, noise=True):
-        out = [(f"{path}/weight", f"{src}.weight", _t_conv_flipped if flip else _t_conv),
-               (f"{path}/bias", f"{src}.bias", _t_same),
-               (f"{path}/style/weight", f"{src}.affine.weight", _t_dense),
-               (f"{path}/style/bias", f"{src}.affine.bias", _t_minus_one)]
+        out = [Rule(f"{path}/weight", f"{src}.weight", conv_flipped if flip else conv),
+               Rule(f"{path}/bias", f"{src}.bias"),
+               Rule(f"{path}/style/weight", f"{src}.affine.weight", dense),
+               Rule(f"{path}/style/bias", f"{src}.affine.bias", minus_one)]
         if noise:
-            out += [(f"{path}/noise", f"{src}.noise_const", _t_noise),
-                    (f"{path}/noise_strength", f"{src}.noise_strength", _t_same)]
+            out += [Rule(f"{path}/noise", f"{src}.noise_const", hw),
+                    Rule(f"{path}/noise_strength", f"{src}.noise_strength")]
         return out
 
     for k in range(log2 - 1):
@@ -247,49 +208,38 @@ def rules(cfg: dict) -> tuple[list, list[str]]:
     return r, ignored
 
 
-def key_map(cfg: dict, sd: Mapping) -> tuple[dict, list[str], list[str]]:
-    """``(params, used, ignored)`` as :func:`convert.genforce.key_map` (arrays or bare shapes)."""
-    rs, ignored = rules(cfg)
-    params, used = {}, []
-    for path, key, fn in rs:
-        if key in sd:
-            params[path] = _apply(fn, sd[key])
-            used.append(key)
-    return params, used, [k for k in ignored if k in sd]
+# ---- the converter ----------------------------------------------------------------------
 
 
-def config_for(obj, arch: str | None = None) -> dict:
-    """The port's config for a read checkpoint (stored or inferred; ``arch`` overrides)."""
+def config_for(obj, arch: str | None = None) -> tuple[str, dict]:
+    """``("stylegan2", config)`` of a read checkpoint: stored constructor arguments, else
+    inferred from the shapes; ``arch`` (a stylegan2 zoo name) overrides."""
     sd, kwargs, where = _source(obj)
     cfg = config_from_init_kwargs(kwargs, where) if kwargs else infer_config(sd)
     if arch:
-        from ported_gens import zoo
-
-        family = zoo.family_of(arch)
+        family, overrides = common.arch_config(arch)
         if family != "stylegan2":
             raise CheckpointError(f"the checkpoint is an NVlabs StyleGAN2 network, but --arch {arch!r} is a {family} model")
-        cfg.update(zoo.config_of(arch))
-    return cfg
+        cfg.update(overrides)
+    return "stylegan2", cfg
+
+
+def _hint(sd) -> str:
+    try:
+        inferred = infer_config(sd)
+    except CheckpointError as e:
+        return str(e)
+    desc = ", ".join(f"{k}={inferred[k]}" for k in ("resolution", "z_dim", "w_dim", "mapping_layers", "fmaps_base", "fmaps_max"))
+    return f"wrong resolution, channel base or mapping depth; the tensors look like an NVlabs StyleGAN2 with {desc}"
 
 
 def to_generator(obj: Any, arch: str | None = None):
-    from convert.common import fill
-    from ported_gens.base import abstract
-
+    """The converter entry point (see :mod:`convert`)."""
     sd, _, _ = _source(obj)
     if not _is_sg2_state_dict(sd):
         raise CheckpointError(
             "not an NVlabs StyleGAN2 generator: it has no synthesis.b4.const / synthesis.b4.conv1 / mapping.fc0 "
             "(a StyleGAN3 network has synthesis.input.*; a genforce one synthesis.early_layer.const)"
         )
-    cfg = config_for(obj, arch)
-    model = abstract("stylegan2", cfg)
-    params, used, ignored = key_map(cfg, sd)
-    try:
-        inferred = infer_config(sd)
-        desc = ", ".join(f"{k}={inferred[k]}" for k in ("resolution", "z_dim", "w_dim", "mapping_layers", "fmaps_base", "fmaps_max"))
-        hint = f"wrong resolution, channel base or mapping depth; the tensors look like an NVlabs StyleGAN2 with {desc}"
-    except CheckpointError as e:
-        hint = str(e)
-    return fill(model, params, source_keys=list(sd), used=used, ignored=ignored,
-                what="NVlabs StyleGAN2 checkpoint", hint=hint)
+    family, cfg = config_for(obj, arch)
+    return common.build(sd, family, cfg, *rules(family, cfg), what="NVlabs StyleGAN2 checkpoint", hint=_hint(sd))

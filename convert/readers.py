@@ -488,6 +488,22 @@ def state_dict(record: dict, prefix: str = "") -> dict[str, np.ndarray]:
     return out
 
 
+def network_source(obj: Any, positional: tuple[str, ...], what: str) -> tuple[dict, dict | None, str]:
+    """``(state dict, constructor kwargs or None, where they came from)`` of an NVlabs network as
+    :func:`read` returns it: a pickle's record (its stored arguments; the positional ones named
+    by ``positional``) or a state dict (the ``init_kwargs.json`` beside it, if there was one)."""
+    if is_record(obj):
+        kwargs = dict(obj.get("init_kwargs") or {})
+        for name, value in zip(positional, obj.get("init_args") or ()):
+            kwargs.setdefault(name, value)
+        return state_dict(obj), kwargs, "the pickle's stored constructor arguments"
+    if isinstance(obj, dict):
+        kwargs = getattr(obj, "init_kwargs", None)
+        where = repr(getattr(obj, "sidecar", None)) if kwargs is not None else "the state dict"
+        return obj, (dict(kwargs) if kwargs is not None else None), where
+    raise CheckpointError(f"expected {what} state dict or network pickle, got a {type(obj).__name__}")
+
+
 HF_WEIGHTS = "pytorch_model.bin"
 HF_CONFIG = "config.json"
 

@@ -33,13 +33,15 @@ import warnings
 import numpy as np
 
 from panda_jax.errors import CheckpointError
-from ported_gens import base
+from ported_gens.base import abstract
 from ported_gens.stylegan3 import DEFAULTS, synthesis_plan
 
-from . import readers
-from .common import fill
+from . import common, readers
+from .transforms import Rule, conv, dense, shape_of
 
 NAME = "stylegan3"
+FAMILIES = ("stylegan3",)
+DESCRIPTION = "NVlabs StyleGAN3"
 CLASS_NAME = "training.networks_stylegan3.Generator"
 
 # NVlabs constructor arguments -> ours (Generator and SynthesisNetwork/SynthesisLayer kwargs).
@@ -100,11 +102,12 @@ def _layers_in(sd) -> list[tuple[int, str]]:
 
 
 def infer_config(sd) -> dict:
-    """The config of a bare StyleGAN3 state dict, from tensor names and shapes."""
+    """The config of a bare StyleGAN3 state dict (arrays or bare shapes), from tensor names and shapes."""
+
     def shape(k):
         if k not in sd:
             raise CheckpointError(f"the state dict has no {k!r}; it is not a StyleGAN3 generator's (G_ema) state dict")
-        return np.shape(sd[k])
+        return shape_of(sd[k])
 
     if "mapping.embed.weight" in sd:
         raise CheckpointError("the state dict has mapping.embed: a class-conditional StyleGAN3, which is not supported")
@@ -122,7 +125,7 @@ def infer_config(sd) -> dict:
     sizes = [int(n.split("_")[1]) for n in names]
     chans = [int(n.split("_")[2]) for n in names]
     kernel = shape(f"synthesis.{names[0]}.weight")[-1]
-    radial = any(len(np.shape(v)) == 2 for k, v in sd.items() if k.endswith(".down_filter"))
+    radial = any(len(shape_of(v)) == 2 for k, v in sd.items() if k.endswith(".down_filter"))
     cfg = dict(
         z_dim=int(z_dim), w_dim=int(w_dim), mapping_layers=mapping_layers, num_layers=len(names) - 1,
         img_resolution=sizes[-1], img_channels=chans[-1], conv_kernel=int(kernel), use_radial_filters=radial,
@@ -149,48 +152,30 @@ def infer_config(sd) -> dict:
     )
 
 
-def key_map(config: dict) -> dict[str, tuple[str, tuple | None]]:
-    """``{torch key: (flax path, axes permutation or None)}`` for a config."""
+def rules(family: str, config: dict) -> tuple[list[Rule], list[str]]:
+    """``(rules, [])`` of a StyleGAN3 of ``config``: every stored tensor is converted."""
+    if family not in FAMILIES:
+        raise CheckpointError(f"no StyleGAN3 key map for family {family!r}; known: {list(FAMILIES)}")
     cfg = dict(DEFAULTS, **config)
     plan = synthesis_plan(cfg)
-    t = (1, 0)
-    km = {"mapping.w_avg": ("mapping/w_avg", None)}
+    r = [Rule("mapping/w_avg", "mapping.w_avg")]
     for i in range(cfg["mapping_layers"]):
-        km[f"mapping.fc{i}.weight"] = (f"mapping/fc/{i}/kernel", t)
-        km[f"mapping.fc{i}.bias"] = (f"mapping/fc/{i}/bias", None)
-    km["synthesis.input.weight"] = ("input/kernel", t)
-    km["synthesis.input.affine.weight"] = ("input/affine/kernel", t)
-    km["synthesis.input.affine.bias"] = ("input/affine/bias", None)
-    for b in ("transform", "freqs", "phases"):
-        km[f"synthesis.input.{b}"] = (f"input/{b}", None)
+        r += [Rule(f"mapping/fc/{i}/kernel", f"mapping.fc{i}.weight", dense),
+              Rule(f"mapping/fc/{i}/bias", f"mapping.fc{i}.bias")]
+    r += [Rule("input/kernel", "synthesis.input.weight", dense),
+          Rule("input/affine/kernel", "synthesis.input.affine.weight", dense),
+          Rule("input/affine/bias", "synthesis.input.affine.bias")]
+    r += [Rule(f"input/{b}", f"synthesis.input.{b}") for b in ("transform", "freqs", "phases")]
     for i, spec in enumerate(plan["layers"]):
         src, dst = f"synthesis.{spec['name']}", f"synthesis/{i}"
-        km[f"{src}.weight"] = (f"{dst}/weight", (2, 3, 1, 0))
-        km[f"{src}.affine.weight"] = (f"{dst}/affine/kernel", t)
-        for leaf in ("bias", "magnitude_ema", "affine.bias"):
-            km[f"{src}.{leaf}"] = (f"{dst}/{leaf.replace('.', '/')}", None)
+        r += [Rule(f"{dst}/weight", f"{src}.weight", conv),
+              Rule(f"{dst}/affine/kernel", f"{src}.affine.weight", dense)]
+        r += [Rule(f"{dst}/{leaf.replace('.', '/')}", f"{src}.{leaf}") for leaf in ("bias", "magnitude_ema", "affine.bias")]
         if spec["up_taps"] > 1:
-            km[f"{src}.up_filter"] = (f"{dst}/up_filter", None)
+            r.append(Rule(f"{dst}/up_filter", f"{src}.up_filter"))
         if spec["down_taps"] > 1:
-            km[f"{src}.down_filter"] = (f"{dst}/down_filter", None)
-    return km
-
-
-def to_flax(sd, config: dict, shapes_only: bool = False) -> tuple[dict, list[str]]:
-    """``({flax path: array (or shape)}, used torch keys)`` for the keys of ``sd`` the config has."""
-    out, used = {}, []
-    for src, (dst, perm) in key_map(config).items():
-        if src not in sd:
-            continue
-        v = sd[src]
-        if shapes_only:
-            shp = tuple(v)
-            out[dst] = tuple(shp[p] for p in perm) if perm and len(shp) == len(perm) else shp
-        else:
-            v = np.asarray(v)
-            out[dst] = np.transpose(v, perm) if perm and v.ndim == len(perm) else v
-        used.append(src)
-    return out, used
+            r.append(Rule(f"{dst}/down_filter", f"{src}.down_filter"))
+    return r, []
 
 
 def _hint(sd, config: dict) -> str:
@@ -208,16 +193,7 @@ def _hint(sd, config: dict) -> str:
 
 def _source(obj):
     """``(state dict, init kwargs or None, where)`` of a read checkpoint."""
-    if readers.is_record(obj):
-        kwargs = dict(obj.get("init_kwargs") or {})
-        for name, value in zip(_POSITIONAL, obj.get("init_args") or ()):
-            kwargs.setdefault(name, value)
-        return readers.state_dict(obj), kwargs, "the pickle's stored constructor arguments"
-    if isinstance(obj, dict):
-        kwargs = getattr(obj, "init_kwargs", None)
-        where = f"{getattr(obj, 'sidecar', None)!r}" if kwargs is not None else "the state dict"
-        return obj, kwargs, where
-    raise CheckpointError(f"expected a StyleGAN3 state dict or network pickle, got a {type(obj).__name__}")
+    return readers.network_source(obj, _POSITIONAL, "a StyleGAN3")
 
 
 def claims(obj) -> bool:
@@ -233,22 +209,21 @@ def claims(obj) -> bool:
     return False
 
 
-def config_for(obj, arch: str | None = None) -> dict:
-    """The constructor config for a read checkpoint (stored or inferred; ``arch`` overrides)."""
+def config_for(obj, arch: str | None = None) -> tuple[str, dict]:
+    """``("stylegan3", config)`` of a read checkpoint: stored constructor arguments, else
+    inferred from the tensor names and shapes; ``arch`` overrides."""
     sd, kwargs, where = _source(obj)
     config = config_from_init_kwargs(kwargs, where) if kwargs else infer_config(sd)
     if arch:
-        from ported_gens import zoo
-
-        config.update(zoo.config_of(arch))
-    return config
+        config.update(common.arch_config(arch)[1])
+    return "stylegan3", config
 
 
 def to_generator(obj, arch: str | None = None):
+    """The converter entry point (see :mod:`convert`)."""
     sd, _, _ = _source(obj)
-    config = config_for(obj, arch)
-    model = base.abstract(NAME, config)
-    params, used = to_flax(sd, config)
+    family, config = config_for(obj, arch)
+    model = abstract(family, config)
     transform = sd.get("synthesis.input.transform")
     if transform is not None and not np.array_equal(np.asarray(transform), np.eye(3, dtype=np.float32)):
         warnings.warn(
@@ -256,4 +231,6 @@ def to_generator(obj, arch: str | None = None):
             "identity before sampling)",
             stacklevel=2,
         )
-    return fill(model, params, source_keys=list(sd), used=used, what="StyleGAN3 checkpoint", hint=_hint(sd, config))
+    return common.build(
+        sd, family, config, *rules(family, config), what="StyleGAN3 checkpoint", hint=_hint(sd, config), model=model
+    )

@@ -30,7 +30,7 @@ from .factorize import fit, fit_stream, hosvd_init, loss, naive_loss
 from .factors import Factors, load_factors, load_original, save_factors, save_original
 from .loop import FitInterrupted, FitResult
 from .localize import localize, remove_background, resize_maps, saliency
-from .metrics import part_stats, reconstruction_error, roir
+from .metrics import part_stats, reconstruction_error, roir, swd
 from .refine import refine
 from . import directions  # noqa: E402  (the baselines: SeFa, GANSpace, ReSeFa)
 
@@ -41,5 +41,5 @@ __all__ = [
     "FeatureError", "FitInterrupted", "FitResult", "LayerError", "PandaError", "RankError", "checked",
     "direction", "edit", "edit_sweep", "fit", "fit_stream", "hosvd_init", "load_factors", "load_original",
     "localize", "loss", "naive_loss", "part_map", "part_stats", "reconstruction_error", "refine",
-    "remove_background", "resize_maps", "roir", "saliency", "save_factors", "save_original",
+    "remove_background", "resize_maps", "roir", "saliency", "swd", "save_factors", "save_original",
 ]

@@ -15,6 +15,7 @@ import convert
 import ported_gens
 from convert import genforce, nvlabs_stylegan2, readers
 from convert.common import check_keymap
+from convert.transforms import apply_rules
 from panda_jax.errors import CheckpointError, ConfigError
 from ported_gens import base, zoo
 
@@ -40,13 +41,13 @@ def small_state_dict(testvectors, family, which="generator_smooth"):
 def test_key_map_covers_the_full_size_model(testvectors, family):
     j, shapes = full_shapes(testvectors, FULL[family])
     name = j["real_model"]
-    inferred_family, inferred = genforce.infer(shapes)
+    inferred_family, inferred = genforce.config_for(shapes)
     assert inferred_family == family
     cfg = zoo.config_of(name)
     assert zoo.family_of(name) == family
     assert {k: inferred[k] for k in cfg} == cfg, "settings read off the keys differ from the zoo entry"
     model = base.abstract(family, cfg)
-    params, used, ignored = genforce.key_map(family, cfg, shapes)
+    params, used, ignored = apply_rules(*genforce.rules(family, cfg), shapes)
     # every Flax parameter filled with the right shape, every torch key used or deliberately left out
     check_keymap(model, params, source_keys=list(shapes), used=used, ignored=ignored)
     assert sorted(used + ignored) == sorted(shapes)
@@ -65,7 +66,7 @@ def test_nvlabs_key_map_covers_the_full_size_model(testvectors):
         alt = nvlabs_stylegan2.config_from_init_kwargs(form, "alternative form")
         assert {k: alt[k] for k in cfg if k != "conv_clamp"} == {k: cfg[k] for k in cfg if k != "conv_clamp"}
     model = base.abstract("stylegan2", cfg)
-    params, used, ignored = nvlabs_stylegan2.key_map(cfg, shapes)
+    params, used, ignored = apply_rules(*nvlabs_stylegan2.rules("stylegan2", cfg), shapes)
     check_keymap(model, params, source_keys=list(shapes), used=used, ignored=ignored)
     assert sorted(used + ignored) == sorted(shapes)
     want = {int(l): (s[1], s[2], s[0]) for l, s in j["feature_shape_at_genforce_panda_l_CHW"].items()}
@@ -135,7 +136,7 @@ def test_wrong_mapping_depth_names_the_keys(testvectors, family):
     with pytest.raises(CheckpointError, match=r"not used: mapping\.dense6\.bias, mapping\.dense6\.weight, mapping\.dense7"):
         genforce.from_state_dict(sd, family, {"mapping_layers": 6})
     del sd["mapping.dense7.weight"], sd["mapping.dense7.bias"]  # a truncated file, read as 7 layers ...
-    assert genforce.infer(sd)[1]["mapping_layers"] == 7
+    assert genforce.infer_config(sd)["mapping_layers"] == 7
     with pytest.raises(CheckpointError, match=r"not filled: mapping/layers/7/bias, mapping/layers/7/weight"):
         genforce.from_state_dict(sd, family, {"mapping_layers": 8})  # ... or forced to 8
 
@@ -270,7 +271,7 @@ def test_nvlabs_bare_state_dict_and_pickle_record(testvectors, nvlabs):
                                                       "num_fp16_res": 0, "conv_clamp": None}}
     record = dict(nest(sd), module="training.networks", init_args=[], init_kwargs=nested)
     assert nvlabs_stylegan2.claims(record) and not genforce.claims(record)
-    fromrec = genforce.to_generator(record, "stylegan2")  # --arch stylegan2 reaches the NVlabs converter
+    fromrec = convert.generator_from(record, "stylegan2")  # --arch stylegan2 reaches the NVlabs converter
     assert fromrec.config == dict(G.config, conv_clamp=None)
     for a, b in [(fromrec.convs[3].weight, G.convs[3].weight), (fromrec.torgbs[2].style.bias, G.torgbs[2].style.bias)]:
         assert np.array_equal(np.asarray(a[...]), np.asarray(b[...]))

@@ -19,6 +19,7 @@ import ported_gens
 from convert import readers
 from convert import stylegan3 as cs
 from convert.common import check_keymap, flax_shapes
+from convert.transforms import apply_rules
 from panda_jax.errors import CheckpointError, FeatureError, LayerError
 from ported_gens import zoo
 from ported_gens.base import abstract
@@ -136,7 +137,7 @@ def test_round_trip(case):
     # every stored tensor landed where the key map says, transposed to the Flax layout
     sd = readers.read(os.path.join(folder, "G_ema.pt"))
     shapes = flax_shapes(G)
-    params, used = cs.to_flax(sd, G.config)
+    params, used, _ = apply_rules(*cs.rules("stylegan3", G.config), sd)
     assert sorted(used) == sorted(sd) and set(params) == set(shapes)
     torgb = G.layer_names[-1]
     np.testing.assert_array_equal(np.asarray(G.synthesis[14].weight[...]), np.transpose(sd[f"synthesis.{torgb}.weight"], (2, 3, 1, 0)))
@@ -218,7 +219,7 @@ def test_full_size_key_map(testvectors, name, zoo_name):
     full, shapes = _full(testvectors, name)
     config = cs.config_from_init_kwargs(full["constructor_kwargs"])
     model = abstract("stylegan3", config)
-    params, used = cs.to_flax(shapes, config, shapes_only=True)
+    params, used, _ = apply_rules(*cs.rules("stylegan3", config), shapes)
     assert sorted(used) == sorted(shapes)  # every key of the real architecture is mapped
     check_keymap(model, params, source_keys=shapes, used=used)
     assert list(model.layer_names) == full["layer_names"]
@@ -238,9 +239,9 @@ def test_panda_loader_channel_base_mismatch(testvectors):
     full, real = _full(testvectors, "stylegan3_t")
     _, panda = _full(testvectors, "stylegan3_t", "state_dict_as_built_by_panda_loader")
     panda_cfg = cs.config_from_init_kwargs(full["panda_load_stylegan3_kwargs"])
-    params, used = cs.to_flax(panda, panda_cfg, shapes_only=True)
+    params, used, _ = apply_rules(*cs.rules("stylegan3", panda_cfg), panda)
     check_keymap(abstract("stylegan3", panda_cfg), params, source_keys=panda, used=used)
-    params, used = cs.to_flax(real, panda_cfg, shapes_only=True)
+    params, used, _ = apply_rules(*cs.rules("stylegan3", panda_cfg), real)
     with pytest.raises(CheckpointError, match=r"not filled.*channel base"):
         check_keymap(abstract("stylegan3", panda_cfg), params, source_keys=real, used=used, hint=cs._hint(real, panda_cfg))
 
