@@ -44,6 +44,8 @@ def add_parser(sub):
     p.add_argument("--seed", type=A.seed, default=0, help="seed of the fit and of the first sample shown")
     p.add_argument("--refine-steps", type=A.positive_int, default=100, metavar="T",
                    help="steps of the per-sample parts refinement (Eq. 6)")
+    p.add_argument("--no-compare", action="store_true",
+                   help="skip the comparison with GANSpace, SeFa and ReSeFa (their directions are found at start)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind; anything but a loopback address makes the editor reachable from "
                         "other machines, without authentication")
@@ -87,7 +89,7 @@ def load(args, say):
 
 def run(args):
     from .. import recipe
-    from ..editor import Engine, make_server, server
+    from ..editor import Engine, compare, make_server, server
 
     say = (lambda m: None) if args.quiet else (lambda m: print(m, flush=True))
     loopback = server.is_loopback(args.host)
@@ -102,6 +104,8 @@ def run(args):
     engine = Engine(G, F, layer, refine_steps=args.refine_steps, seed=args.seed, info=info)
     t1 = time.perf_counter()
     engine.warm_up()
+    if not args.no_compare:
+        compare.prepare(engine, say)
     say(f"compiled the editor's functions in {time.perf_counter() - t1:.1f} s")
     try:
         httpd = make_server(engine, args.host, args.port, quiet=not args.log_requests)

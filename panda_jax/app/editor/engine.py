@@ -18,12 +18,13 @@ import collections
 import hashlib
 import threading
 import time
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
 from panda_jax.errors import ConfigError
+
+from .state import EditSpec, RequestError, State
 
 MAX_EDITS = 8
 GALLERY = 32  # previews per gallery page (fewer when the factors have fewer appearances)
@@ -46,35 +47,6 @@ def compilations() -> int:
     """XLA compilations in this process since the first engine was made (every jit, every
     eager operation on new shapes)."""
     return _compilations[0]
-
-
-class RequestError(ConfigError):
-    """A request the editor refuses; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass(frozen=True)
-class EditSpec:
-    """One edit of the stack: ``appearance`` at ``part`` (an index) or at ``mask`` (``[h, w]``
-    in [0, 1] on the feature grid), with strength ``alpha``."""
-
-    appearance: int
-    alpha: float
-    part: int | None = None
-    mask: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
-class State:
-    """What the page shows: a sample (``("seed", s)`` or ``("latent", id)``), whether the parts
-    are refined for it, and the edit stack."""
-
-    sample: tuple
-    refine: bool
-    edits: tuple
 
 
 class Sample(NamedTuple):
@@ -119,6 +91,8 @@ class Engine:
         self._build(reference_samples)
         self.ready_compilations = None
         self.timings: dict[str, float] = {}
+        self.baselines = None  # compare.Baselines, made by compare.prepare
+        self.baselines_error = "not prepared (the server was started with --no-compare)"
 
     # ---- set-up -----------------------------------------------------------------------------
     def _build(self, n_ref: int):
@@ -300,9 +274,7 @@ class Engine:
 
     def gallery_images(self, state: State, target: int, page: int = 0, alpha: float | None = None):
         """Previews of every appearance (``gallery`` per page) at the region of edit ``target``,
-        with the other edits of the stack applied: ``(appearance indices, uint8 images)``."""
-        import jax.numpy as jnp
-
+        with the other edits of the stack applied: ``(appearance indices, uint8 images, alpha)``."""
         from .. import pipeline
 
         if not 0 <= target < len(state.edits):
@@ -387,8 +359,9 @@ class Engine:
 
     # ---- warm-up ------------------------------------------------------------------------------
     def warm_up(self):
-        """Run every operation once at the shapes requests use, so none compiles later."""
-        from . import protocol
+        """Run every operation once at the shapes requests use, so none compiles later (the
+        comparison warms up in :func:`.compare.prepare`)."""
+        from .. import figures
 
         t = time.perf_counter()
         ref = ("seed", self.seed)
@@ -403,9 +376,10 @@ class Engine:
             for e in edits:
                 self.roir(self.region(e, self.parts(ref, refine)), s.image_u8, img)
         sal, masks, nobg, img = self.saliency(State(ref, False, edits))
-        protocol.saliency_images(self, img, sal, masks, nobg, 0)
+        figures.heatmap_image(img, sal[:, :, 0])  # loads matplotlib's colour maps
         self.brush_to_grid(np.zeros((self.mh, self.mw), np.float32))
-        self.sample(("latent", self.add_latent(np.zeros((1, self.z_dim()), np.float32))))
+        if self.uploads_allowed():
+            self.sample(("latent", self.add_latent(np.zeros((1, self.z_dim()), np.float32))))
         self._samples.clear()
         self._refined.clear()
         self.timings["warm_up"] = time.perf_counter() - t
@@ -430,6 +404,7 @@ class Engine:
             "max_edits": self.max_edits, "gallery": self.gallery, "refine_steps": self.refine_steps,
             "background_appearance": self.background, "z_dim": self.z_dim(), "seed": self.seed,
             "uploads": self.uploads_allowed(),
+            "compare": self.baselines is not None, "compare_error": None if self.baselines else self.baselines_error,
             "palette": [[int(c) for c in rgb] for rgb in figures.palette(self.rank_s)],
             "compilations": {"total": compilations(), "ready": self.ready_compilations},
             "jit_cache": self.jit_cache_sizes(),

@@ -16,7 +16,7 @@ import numbers
 
 import numpy as np
 
-from .engine import EditSpec, RequestError, State
+from .state import EditSpec, RequestError, State
 
 SEED_LIMIT = 1 << 31
 MAX_LATENT_BYTES = 1 << 20

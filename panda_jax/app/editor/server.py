@@ -34,7 +34,7 @@ from importlib import resources
 from panda_jax.errors import PandaError
 
 from . import protocol
-from .engine import RequestError
+from .state import RequestError
 
 MAX_JSON_BYTES = 4 << 20
 STATIC = {  # URL path -> (file in static/, content type); nothing else is served
