@@ -46,6 +46,8 @@ def add_parser(sub):
                    help="steps of the per-sample parts refinement (Eq. 6)")
     p.add_argument("--no-compare", action="store_true",
                    help="skip the comparison with GANSpace, SeFa and ReSeFa (their directions are found at start)")
+    p.add_argument("--ganspace-samples", type=A.positive_int, default=4096, metavar="N",
+                   help="samples of GANSpace's PCA for the comparison")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind; anything but a loopback address makes the editor reachable from "
                         "other machines, without authentication")
@@ -67,14 +69,15 @@ def port(s: str) -> int:
 
 def load(args, say):
     """``(G, factors, layer, model_name, factors_path)``."""
+    from ..editor import cache
+
+    if args.factors is not None and not os.path.isfile(args.factors):
+        raise ConfigError(f"--factors {args.factors!r} does not exist; give a file written by `panda-jax fit`")
+    cache.use_compilation_cache()  # before anything compiles
     if args.factors is not None:
-        if not os.path.isfile(args.factors):
-            raise ConfigError(f"--factors {args.factors!r} does not exist; give a file written by `panda-jax fit`")
         F, G, layer = pipeline.load_factors_for(args)
         model = pipeline.model_name(args.model) if args.model is not None else F.meta.get("model")
         return G, F, layer, model, os.path.abspath(args.factors)
-    from ..editor import cache
-
     spec = args.model if args.model is not None else pipeline.DEFAULT_MODEL
     G = pipeline.load_model(spec)
     if args.layer is None and pipeline.model_name(spec) != pipeline.DEFAULT_MODEL:
@@ -105,7 +108,7 @@ def run(args):
     t1 = time.perf_counter()
     engine.warm_up()
     if not args.no_compare:
-        compare.prepare(engine, say)
+        compare.prepare(engine, say, ganspace_samples=args.ganspace_samples)
     say(f"compiled the editor's functions in {time.perf_counter() - t1:.1f} s")
     try:
         httpd = make_server(engine, args.host, args.port, quiet=not args.log_requests)

@@ -193,14 +193,14 @@ def compare(engine, state: State, obj: dict) -> dict:
                      "this region. Lower ROIR = more local.")}
 
 
-def prepare(engine, say=lambda m: None) -> bool:
+def prepare(engine, say=lambda m: None, ganspace_samples: int = GANSPACE_SAMPLES) -> bool:
     """Find the baselines' directions and run one comparison (compiling its functions); on a
     generator without what the baselines need, the comparison is off and the rest works."""
     from .state import EditSpec
 
     t = time.perf_counter()
     try:
-        engine.baselines = Baselines(engine)
+        engine.baselines = Baselines(engine, ganspace_samples=ganspace_samples)
     except Exception as e:
         engine.baselines = None
         engine.baselines_error = f"{type(e).__name__}: {e}"

@@ -118,11 +118,20 @@ class Engine:
 
         # Reference statistics over a few samples: the automatic alpha, the saliency thresholds
         # (each appearance's mean, as pj.localize's "mean") and the background appearance.
+        # Features one at a time: the batch-1 program every request uses, no other compiled.
         lat_r = self.G.sample_latents(jax.random.key(self.seed + 1), n_ref)
-        Zr, _ = pipeline.features(self.G, lat_r, self.layer, batch=min(n_ref, 16))
-        sal = pj.saliency(Zr, self.F)
-        self.thresholds = np.asarray(jnp.mean(sal.reshape(-1, self.rank_c), axis=0), np.float32)
-        self.background = background_appearance(np.asarray(pj.localize(sal, threshold=self.thresholds)))
+        Zr = jnp.concatenate([self.G.features(pipeline.slice_tree(lat_r, i, i + 1), self.layer)[0]
+                              for i in range(n_ref)])
+
+        @jax.jit
+        def reference(Zr, A, P):
+            sal = pj.saliency(Zr, pj.Factors(A, P, h, w))
+            thr = jnp.mean(sal.reshape(-1, sal.shape[-1]), axis=0)
+            return thr, pj.localize(sal, threshold=thr)
+
+        thr, masks = reference(Zr, self.A, self.P)
+        self.thresholds = np.asarray(thr, np.float32)
+        self.background = background_appearance(np.asarray(masks))
         self.alpha = float(pipeline.auto_alpha(self.F, Zr))
         self.alpha_limit = ALPHA_LIMIT * max(self.alpha, 1e-6)
 
@@ -161,9 +170,18 @@ class Engine:
         def brush(m):
             return jnp.clip(pj.resize_maps(m, (h, w)), 0.0, 1.0)
 
+        steps = self.refine_steps
+
+        def refine(Z, A, P):
+            return pj.refine(Z, pj.Factors(A, P, h, w), steps=steps)[0]
+
+        def roir(region, x, y):
+            return pj.roir(region, x, y)
+
         self._fns = {
             "edit": jax.jit(stack), "gallery": jax.jit(gallery), "display": jax.jit(display),
             "saliency": jax.jit(saliency), "brush": jax.jit(brush), "maps": jax.jit(part_maps),
+            "refine": jax.jit(refine), "roir": jax.jit(roir),
         }
 
     def jit_cache_sizes(self) -> dict:
@@ -211,15 +229,13 @@ class Engine:
 
     def parts(self, ref, refine: bool):
         """The parts ``[S, R_S]`` for this sample: the global ones, or refined for it (Eq. 6)."""
-        import panda_jax as pj
-
         if not refine:
             return self.P
         with self.lock:
             if ref not in self._refined:
                 s = self.sample(ref)
                 t = time.perf_counter()
-                self._refined[ref] = pj.refine(s.Z, self.F, steps=self.refine_steps)[0]
+                self._refined[ref] = self._fns["refine"](s.Z, self.A, self.P)
                 self.timings["refine"] = time.perf_counter() - t
                 while len(self._refined) > SAMPLE_CACHE:
                     self._refined.popitem(last=False)
@@ -314,8 +330,6 @@ class Engine:
     def roir(self, region: np.ndarray, original_u8: np.ndarray, edited_u8: np.ndarray):
         """Paper Eq. 7 on the displayed images (in [-1, 1]); None when the region is empty or
         everything, or nothing changed."""
-        import panda_jax as pj
-
         if region.all() or not region.any():
             return None
         x = original_u8.astype(np.float32) / 127.5 - 1.0
@@ -323,7 +337,7 @@ class Engine:
         if np.array_equal(x, y):
             return None
         with self.lock:
-            return float(pj.roir(region.astype(np.float32), x, y))
+            return float(self._fns["roir"](region.astype(np.float32), x, y))
 
     def brush_to_grid(self, m: np.ndarray) -> np.ndarray:
         """A brushed mask on the display grid ``[mh, mw]`` in [0, 1] -> the feature grid ``[h, w]``
