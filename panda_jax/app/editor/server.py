@@ -26,6 +26,7 @@ from __future__ import annotations
 import http.server
 import ipaddress
 import json
+import socket
 import sys
 import time
 import traceback
@@ -87,6 +88,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
     sys_version = ""
 
     # ---- plumbing -----------------------------------------------------------------------------
+    def setup(self):
+        super().setup()
+        # Headers and body go out in two writes: without this, Nagle's algorithm holds the body
+        # until the client's delayed ACK (40 ms) on a kept-alive connection.
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def log_message(self, fmt, *args):
         if not self.server.quiet:
             sys.stderr.write("%s - %s\n" % (self.address_string(), fmt % args))
@@ -211,7 +218,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def api_edit(self):
         eng = self.server.engine
         t = time.perf_counter()
-        _, st = self._state_body({"roir"})
+        _, st = self._state_body()
         s, img, _ = eng.edit(st)
         out = {"image": protocol.data_url(img)}
         parts = eng.parts(st.sample, st.refine)
@@ -234,9 +241,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         eng = self.server.engine
         obj, st = self._state_body({"appearance"})
         j = protocol.integer(obj.get("appearance", 0), "appearance", 0, eng.rank_c - 1)
+        t = time.perf_counter()
         sal, masks, nobg, img = eng.saliency(st)
         self._json({**protocol.saliency_images(eng, img, sal, masks, nobg, j), "appearance": j,
-                    "background_appearance": eng.background})
+                    "background_appearance": eng.background, "ms": 1e3 * (time.perf_counter() - t)})
 
     def api_mask(self):
         eng = self.server.engine
