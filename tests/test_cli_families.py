@@ -19,9 +19,10 @@ CASES = {
 }
 
 
-def run(*args):
+def run(*args, env=None):
     cmd = [BIN] if os.path.exists(BIN) else [sys.executable, "-m", "panda_jax.app.cli"]
-    res = subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=300)
+    res = subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=300,
+                         env=None if env is None else {**os.environ, **env})
     assert res.returncode == 0, f"{args[0]}: exit {res.returncode}\n{res.stdout}\n{res.stderr}"
     return res
 
@@ -46,6 +47,19 @@ def test_convert_fit_edit_saliency(name, testvectors, tmp_path):
     H, W, C = ported_gens.load(str(model)).layers[layer]
     assert (F.height, F.width, F.channels, F.ranks) == (H, W, C, (rc, rs))
     assert float(np.min(F.parts)) >= 0.0
+
+    # A converted model found by its zoo name, fitted with a fresh batch every step (G.sample_fn)
+    zoo = {"stylegan2_genforce": "stylegan2_ffhq1024", "biggan_deep": "biggan-deep-256"}[name]
+    env = {"PANDA_JAX_MODELS": str(tmp_path / "models")}
+    import shutil
+
+    shutil.copytree(model, tmp_path / "models" / zoo)
+    run("fit", zoo, "--layer", layer, "--ranks", rc, rs, "--steps", 5, "--batch", 4, "--stochastic",
+        "--out", tmp_path / "s.npz", "-q", env=env)
+    S = pj.load_factors(str(tmp_path / "s.npz"))
+    assert S.meta["model"] == zoo and S.meta["stochastic"] and S.ranks == (rc, rs)
+    run("edit", tmp_path / "s.npz", "--part", 0, "--appearance", 0, "--seeds", 0, "--out", tmp_path / "zoo-edit",
+        "-q", env=env)
 
     run("edit", factors, "--part", 0, "--appearance", 0, "--seeds", 0, 1, "--out", tmp_path / "edit", "-q")
     report = json.loads((tmp_path / "edit" / "edit.json").read_text())

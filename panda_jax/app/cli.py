@@ -52,11 +52,29 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="A MODEL is a directory from `panda-jax convert`, a converted zoo name, a checkpoint file, or "
                "'default' (the embedded faces DCGAN). See `panda-jax COMMAND --help`.",
     )
+    parser.add_argument("--no-compile-cache", action="store_true",
+                        help="do not reuse compiled programs across runs (also: PANDA_JAX_COMPILE_CACHE=0)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name in COMMANDS:
         command_module(name).add_parser(sub)
     return parser
+
+
+def compile_cache(enabled: bool) -> None:
+    """JAX's persistent compilation cache in the user cache folder: a second run in a new
+    process reuses the programs the first compiled."""
+    import os
+
+    if not enabled or os.environ.get("PANDA_JAX_COMPILE_CACHE", "1").lower() in ("0", "off", "no", "false"):
+        return
+    import jax
+
+    from .pipeline import cache_dir
+
+    jax.config.update("jax_compilation_cache_dir", os.path.join(cache_dir(), "jax-compile"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def _one_line(msg: str) -> str:
@@ -69,6 +87,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
+        compile_cache(not args.no_compile_cache)
         if hasattr(args, "_argv"):
             args._argv = argv
         return int(args.func(args) or 0)

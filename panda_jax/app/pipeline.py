@@ -139,6 +139,40 @@ def default_checkpoint() -> str:
     return find()
 
 
+def cache_dir() -> str:
+    """Where panda-jax keeps what it can reuse (converted default model, compiled programs, the
+    editor's factors): ``$PANDA_JAX_CACHE`` or ``~/.cache/panda-jax``."""
+    return os.environ.get("PANDA_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "panda-jax")
+
+
+def default_model():
+    """The embedded faces DCGAN, converted once and kept in the cache (keyed by the weights'
+    sha256), so later runs skip reading the checkpoint with torch."""
+    import ported_gens
+    from convert import readers
+
+    src = default_checkpoint()
+    digest = readers.sha256(src)
+    cached = os.path.join(cache_dir(), "converted", f"dcgan_faces64-{digest[:16]}")
+    if os.path.isdir(cached):
+        try:
+            G = ported_gens.load(cached)
+            if G.source.get("sha256") == digest:
+                return G
+        except Exception:  # a damaged cache entry: convert again below
+            pass
+    import convert
+
+    G = convert.to_generator(src)
+    try:
+        from ported_gens.base import save_generator
+
+        save_generator(G, cached, {"file": os.path.basename(src), "arch": None, "sha256": digest}, force=True)
+    except (OSError, ConfigError):
+        pass  # a read-only cache only costs the conversion next time
+    return G
+
+
 def source_path(src: str) -> str:
     """``default`` -> the embedded faces DCGAN checkpoint; other values unchanged."""
     return default_checkpoint() if src in DEFAULT_ALIASES and not os.path.exists(src) else src
@@ -154,7 +188,7 @@ def load_model(spec: str | None):
     if spec is None:
         raise ConfigError("no model given and the factors do not name one; give MODEL (a directory from panda-jax convert)")
     if spec in DEFAULT_ALIASES and not os.path.exists(spec):
-        return convert.to_generator(default_checkpoint())
+        return default_model()
     if os.path.isdir(spec) or (spec in zoo.ZOO and not os.path.exists(spec)):
         return ported_gens.load(spec)
     if os.path.isfile(spec):
