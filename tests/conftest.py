@@ -81,16 +81,19 @@ class EditorProcess:
 
 
 @pytest.fixture(scope="session")
-def editor_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("editor-cache")
+def editor_cache():
+    """The session's cache folder (shared with the other commands: converted model, compiled
+    programs); no other test fits factors into it."""
+    import pathlib
+
+    return pathlib.Path(os.environ["PANDA_JAX_CACHE"])
 
 
 @pytest.fixture(scope="session")
 def editor(editor_cache):
-    """The editor on the embedded DCGAN, with small fit settings; its cache starts empty."""
+    """The editor on the embedded DCGAN, with small fit settings."""
     pytest.importorskip("torch")
-    env = dict(os.environ, PANDA_JAX_CACHE=str(editor_cache))
-    p = EditorProcess(EDITOR_ARGS, env)
+    p = EditorProcess(EDITOR_ARGS, dict(os.environ))
     yield p
     p.stop()
 

@@ -73,7 +73,6 @@ def load(args, say):
 
     if args.factors is not None and not os.path.isfile(args.factors):
         raise ConfigError(f"--factors {args.factors!r} does not exist; give a file written by `panda-jax fit`")
-    cache.use_compilation_cache()  # before anything compiles
     if args.factors is not None:
         F, G, layer = pipeline.load_factors_for(args)
         model = pipeline.model_name(args.model) if args.model is not None else F.meta.get("model")

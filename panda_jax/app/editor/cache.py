@@ -1,11 +1,11 @@
-"""What ``panda-jax serve`` keeps between starts: the factors it fitted and XLA's compiled programs.
+"""Factors fitted by ``panda-jax serve`` at first start, kept for the next start.
 
-The cache lives in ``$PANDA_JAX_CACHE`` (default ``~/.cache/panda-jax``); a file's name is the
-hash of what determines the fit: the model's weights (the checkpoint's sha256, or a converted
-model's recorded source hash and config), the layer, the ranks, the number of samples and
-steps, and the seed. Files are written atomically, so an interrupted fit leaves nothing.
-Compiled programs go to ``xla/`` there (JAX's persistent compilation cache), so the warm-up of
-a later start reads them instead of compiling again.
+They live in the command's cache folder (``$PANDA_JAX_CACHE``, default ``~/.cache/panda-jax``,
+beside the converted default model and the compiled programs that make a later start quick); a
+file's name is the hash of what determines the fit: the model's weights (the checkpoint's
+sha256, or a converted model's recorded source hash and config), the layer, the ranks, the
+number of samples and steps, and the seed. Files are written atomically, so an interrupted fit
+leaves nothing.
 """
 
 from __future__ import annotations
@@ -18,19 +18,7 @@ from .. import pipeline
 
 
 def cache_dir() -> str:
-    d = os.environ.get("PANDA_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "panda-jax")
-    return os.path.abspath(d)
-
-
-def use_compilation_cache() -> str:
-    """Keep XLA's compiled programs in the cache folder (every size; the editor's are small)."""
-    import jax
-
-    d = os.path.join(cache_dir(), "xla")
-    jax.config.update("jax_compilation_cache_dir", d)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return d
+    return os.path.abspath(pipeline.cache_dir())
 
 
 def model_fingerprint(spec: str, G) -> str:
