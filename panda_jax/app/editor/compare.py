@@ -153,7 +153,7 @@ def compare(engine, state: State, obj: dict) -> dict:
         raise RequestError("the stack is empty; add an edit to compare")
     target = protocol.integer(obj.get("target", 0), "target", 0, len(state.edits) - 1)
     alphas = obj.get("alphas", {})
-    protocol._keys(alphas, set(METHODS), "'alphas'")
+    protocol.check_keys(alphas, set(METHODS), "'alphas'")
     e = state.edits[target]
     if e.alpha == 0.0:
         e = dataclasses.replace(e, alpha=engine.alpha)

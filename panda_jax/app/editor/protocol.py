@@ -39,7 +39,7 @@ def parse_json(body: bytes) -> dict:
     return obj
 
 
-def _keys(obj, allowed: set, where: str):
+def check_keys(obj, allowed: set, where: str):
     if not isinstance(obj, dict):
         raise RequestError(f"{where} must be a JSON object; got {type(obj).__name__}")
     extra = sorted(set(obj) - allowed)
@@ -70,7 +70,7 @@ def boolean(v, what: str) -> bool:
 
 
 def parse_sample(engine, v) -> tuple:
-    _keys(v, {"seed", "latent"}, "'sample'")
+    check_keys(v, {"seed", "latent"}, "'sample'")
     if ("seed" in v) == ("latent" in v):
         raise RequestError("'sample' must have exactly one of 'seed' and 'latent'")
     if "seed" in v:
@@ -96,7 +96,7 @@ def parse_mask(engine, v, what: str) -> np.ndarray:
 
 def parse_edit(engine, v, i: int) -> EditSpec:
     where = f"edits[{i}]"
-    _keys(v, {"part", "mask", "appearance", "alpha"}, where)
+    check_keys(v, {"part", "mask", "appearance", "alpha"}, where)
     for k in ("appearance", "alpha"):
         if k not in v:
             raise RequestError(f"{where} lacks '{k}'")
@@ -111,7 +111,7 @@ def parse_edit(engine, v, i: int) -> EditSpec:
 
 def parse_state(engine, obj: dict, extra: set = frozenset()) -> State:
     """The page's state: ``{"sample": {...}, "refine": bool, "edits": [...]}`` (plus ``extra`` keys)."""
-    _keys(obj, {"sample", "refine", "edits"} | set(extra), "the request")
+    check_keys(obj, {"sample", "refine", "edits"} | set(extra), "the request")
     if "sample" not in obj:
         raise RequestError("the request lacks 'sample' ({'seed': S} or {'latent': ID})")
     edits = obj.get("edits", [])
@@ -125,7 +125,7 @@ def parse_state(engine, obj: dict, extra: set = frozenset()) -> State:
 
 def parse_brush(engine, obj: dict) -> np.ndarray:
     """``{"width": mw, "height": mh, "data": base64 of mh * mw bytes}`` -> ``[mh, mw]`` in [0, 1]."""
-    _keys(obj, {"width", "height", "data"}, "the request")
+    check_keys(obj, {"width", "height", "data"}, "the request")
     w = integer(obj.get("width"), "width", engine.mw, engine.mw)
     h = integer(obj.get("height"), "height", engine.mh, engine.mh)
     data = obj.get("data")

@@ -207,7 +207,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         eng = self.server.engine
         t = time.perf_counter()
         obj = protocol.parse_json(self._body(MAX_JSON_BYTES))
-        protocol._keys(obj, {"sample", "refine", "edits"}, "the request")
+        protocol.check_keys(obj, {"sample", "refine", "edits"}, "the request")
         ref = protocol.parse_sample(eng, obj.get("sample"))
         refine = protocol.boolean(obj.get("refine", False), "refine")
         s = eng.sample(ref)

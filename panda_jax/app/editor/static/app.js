@@ -156,7 +156,7 @@ function drawOverlay() {
     const c = S.info.palette[k];
     const strong = selPart < 0 || k === selPart;
     img.data[4 * p] = c[0]; img.data[4 * p + 1] = c[1]; img.data[4 * p + 2] = c[2];
-    img.data[4 * p + 3] = Math.round(255 * v * (strong ? 0.5 : 0.16));
+    img.data[4 * p + 3] = Math.round(255 * v * (strong ? 0.42 : 0.14));
   }
   if (e && e.mask) {  // a brushed region: its grid, upsampled by the canvas
     const [h, w] = S.info.features;
@@ -281,7 +281,10 @@ requestEdit.count = 0;
 const requestGallery = latest(async () => {
   const box = $("gallery");
   if (!S.edits.length) { box.textContent = ""; return; }
-  const r = await postJSON("/api/gallery", stateBody({ target: S.sel, page: S.galleryPage }));
+  box.classList.add("loading");
+  let r;
+  try { r = await postJSON("/api/gallery", stateBody({ target: S.sel, page: S.galleryPage })); }
+  finally { box.classList.remove("loading"); }
   box.textContent = "";
   r.appearances.forEach((j, i) => {
     const b = document.createElement("button");
@@ -353,7 +356,13 @@ brushCanvas.addEventListener("pointerdown", (ev) => {
     selectPart(S.labels[p.y * S.info.map_size[1] + p.x]);
   }
 });
-brushCanvas.addEventListener("pointermove", (ev) => { if (painting) paint(ev); });
+brushCanvas.addEventListener("pointermove", (ev) => {
+  if (painting) { paint(ev); return; }
+  if (!S.labels || $("brush-mode").checked) return;
+  const p = gridPoint(ev);
+  $("hover").textContent = `click: part ${S.labels[p.y * S.info.map_size[1] + p.x]}`;
+});
+brushCanvas.addEventListener("pointerleave", () => { $("hover").textContent = ""; });
 brushCanvas.addEventListener("pointerup", () => { painting = false; });
 $("brush-mode").onchange = () => {
   document.body.classList.toggle("brushing", $("brush-mode").checked);
