@@ -320,8 +320,8 @@ def refine_fast(Z: torch.Tensor, Uc: torch.Tensor, Us: torch.Tensor, lr: float, 
 
 def refinement(size=32, channels=512, rank_c=512, rank_s=16, steps=100, batch=1, *, ref_steps=10,
                ref_samples=None, ref_budget_s=2.0, repeat=3, rates=None, auto=True):
-    """Seconds to refine ``batch`` samples for ``steps`` fixed steps: panda-jax vmapped in one
-    call, panda-jax one call per sample, PyTorch batched with the same association, and the
+    """Seconds to refine ``batch`` samples for ``steps`` fixed steps: the public ``pj.refine`` on
+    all samples in one call, and one call per sample, PyTorch batched with the same association, and the
     reference one sample at a time (timed on ``ref_steps`` steps and ``ref_samples`` samples,
     scaled linearly)."""
     x, A, P = problem(batch, size, channels, (rank_c, rank_s), seed=1)
@@ -338,7 +338,10 @@ def refinement(size=32, channels=512, rank_c=512, rank_s=16, steps=100, batch=1,
     t_fast = time_torch_budget(lambda: refine_fast(Zt, At, Pt, lr, steps), ref_budget_s, repeat)
     Zf = flatten(jnp.asarray(x))
     Pj, lrj = jnp.asarray(P), jnp.float32(lr)
-    t_jax = time_jax_budget(lambda: _refine(Zf, Aj, Pj, lrj, steps=steps, auto=False), ref_budget_s, repeat)
+    xj = jnp.asarray(x)
+    F = pj.Factors(Aj, Pj, size, size)
+    # The public call a user makes (argument checks included; its CPU default maps over samples).
+    t_jax = time_jax_budget(lambda: pj.refine(xj, F, steps=steps, lr=lr), ref_budget_s, repeat)
     out = {
         "samples": batch,
         "steps": steps,
@@ -353,13 +356,12 @@ def refinement(size=32, channels=512, rank_c=512, rank_s=16, steps=100, batch=1,
         "panda_jax": _rates(batch * steps * cost.refine_step_flops(S, rank_c, rank_s), None, t_jax, rates),
     }
     if batch > 1:
-        singles = [Zf[i: i + 1] for i in range(batch)]
+        singles = [xj[i: i + 1] for i in range(batch)]
         out["panda_jax_singles_s"] = time_jax_budget(
-            lambda: [_refine(z, Aj, Pj, lrj, steps=steps, auto=False) for z in singles], ref_budget_s, repeat)
+            lambda: [pj.refine(z, F, steps=steps, lr=lr) for z in singles], ref_budget_s, repeat)
         out["vmap_speedup_vs_singles"] = out["panda_jax_singles_s"] / t_jax
     if auto:
-        out["panda_jax_auto_lr_s"] = time_jax_budget(lambda: _refine(Zf, Aj, Pj, lrj, steps=steps, auto=True),
-                                                     ref_budget_s, repeat)
+        out["panda_jax_auto_lr_s"] = time_jax_budget(lambda: pj.refine(xj, F, steps=steps), ref_budget_s, repeat)
     # Agreement of the engines after a few steps (same lr, same start).
     k = min(steps, 5)
     r = ref.refine(Zt[:1], At, Pt, lr, k).cpu().numpy()

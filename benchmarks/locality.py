@@ -19,13 +19,11 @@ Also times the ReSeFa Jacobian (one image with respect to z) against
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import panda_jax as pj

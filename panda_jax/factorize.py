@@ -41,7 +41,7 @@ import numpy as np
 from . import checks
 from .errors import ConfigError, FeatureError, RankError
 from .factors import Factors, check_factors
-from .loop import FitResult, run_loop
+from .loop import FitResult, run_loop, to_host
 
 # ---------------------------------------------------------------------------------------------
 # Shapes
@@ -147,6 +147,122 @@ def grads(features, A, P):
 
 
 # ---------------------------------------------------------------------------------------------
+# Sharding over samples: one ``data`` axis over all devices (of all processes)
+
+
+def _data_mesh(shard: bool = True):
+    """A one-axis ``data`` mesh over all of ``jax.devices()`` (every process's, after
+    ``jax.distributed.initialize()``), or None with one device or ``shard=False``."""
+    devs = jax.devices()
+    if not shard or len(devs) == 1:
+        return None
+    from jax.sharding import Mesh
+
+    return Mesh(np.array(devs), ("data",))
+
+
+def _replicated(mesh):
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def _put_replicated(tree, mesh):
+    """The arrays of ``tree`` replicated over ``mesh``, each process placing its own copy on its
+    own devices (every process holds the same values: keys, factors, ``sample_args``). Unlike
+    ``jax.device_put`` this takes committed arrays too and moves nothing between processes."""
+    sharding = _replicated(mesh)
+
+    def put(x):
+        if isinstance(x, jax.Array) and x.sharding == sharding:
+            return x
+        if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        if not isinstance(x, jax.Array):
+            x = np.asarray(x)
+        elif not x.is_fully_addressable:
+            x = to_host(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x)  # replicated: all of x
+
+    return jax.tree_util.tree_map(put, tree)
+
+
+def _same_call_everywhere(name: str, settings: dict) -> None:
+    """With several processes every one must make the same call: another ``steps`` would leave a
+    process waiting in a collective for ever, other features would fit a mix of samples. Compare
+    a digest of ``settings`` (numbers and arrays; a few collectives) and refuse a mismatch."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    parts = [np.ravel(np.asarray(v, np.float32)) for v in settings.values()]
+    gathered = np.asarray(multihost_utils.process_allgather(np.concatenate(parts)))  # [processes, digest]
+    ends = np.cumsum([len(p) for p in parts])
+    differ = [k for k, a, b in zip(settings, ends - [len(p) for p in parts], ends)
+              if not (gathered[:, a:b] == gathered[0, a:b]).all()]
+    if differ:
+        raise ConfigError(
+            f"the {gathered.shape[0]} processes called {name} with different {', '.join(differ)}; every process "
+            f"must make the same call (same features, settings and key) after jax.distributed.initialize()"
+        )
+
+
+def _key_digest(key):
+    """A key's bits as float32-exact numbers (16-bit halves)."""
+    k = np.asarray(jax.random.key_data(key), np.uint32).ravel()
+    return np.concatenate([k >> 16, k & 0xFFFF])
+
+
+def _columns_sharding(mesh):
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    return NamedSharding(mesh, PartitionSpec(None, "data"))
+
+
+def _shard_map(f, mesh, in_specs, out_specs):
+    """``shard_map`` without replication checks (``sample_fn`` is the caller's code)."""
+    if hasattr(jax, "shard_map"):
+        return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+    from jax.experimental.shard_map import shard_map
+
+    return shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_rep=False)
+
+
+def _draw(sample_fn, args, key, batch_size: int, mesh):
+    """The batch ``key`` stands for, ``[batch_size, H, W, C]``. On one device (``mesh`` None):
+    ``sample_fn(key, batch_size)``. On a mesh of ``D`` devices, device ``d`` draws its own share
+    ``sample_fn(fold_in(key, d), batch_size // D)`` and the batch is their concatenation in
+    device order, sharded over samples: no device draws another's samples."""
+    if mesh is None:
+        return _bind(sample_fn, args)(key, batch_size)
+    from jax.sharding import PartitionSpec
+
+    D = mesh.size
+
+    def local(args, key):
+        d = jax.lax.axis_index("data")
+        return _bind(sample_fn, args)(jax.random.fold_in(key, d), batch_size // D)
+
+    return _shard_map(local, mesh, (PartitionSpec(), PartitionSpec()), PartitionSpec("data"))(args, key)
+
+
+def _draw_columns(sample_fn, args, key, batch_size, mesh, dtype):
+    """:func:`_draw` as ``(Zt, sum ||Z_i||^2)``, ``Zt`` column-sharded over ``mesh``."""
+    Zf = flatten(_draw(sample_fn, args, key, batch_size, mesh).astype(dtype))
+    Zt = to_columns(Zf)
+    if mesh is not None:
+        Zt = jax.lax.with_sharding_constraint(Zt, _columns_sharding(mesh))
+    return Zt, jnp.sum(Zf * Zf)
+
+
+@partial(jax.jit, static_argnames=("sample_fn", "batch_size", "mesh"))
+def _first_batch(args, key, *, sample_fn, batch_size, mesh):
+    """The batch :func:`_draw` gives for ``key`` as ``Zt`` (float32), and its NaN/inf count."""
+    Zt, _ = _draw_columns(sample_fn, args, key, batch_size, mesh, jnp.float32)
+    return Zt, jnp.sum(~jnp.isfinite(Zt))
+
+
+# ---------------------------------------------------------------------------------------------
 # Initialisation
 
 
@@ -162,7 +278,8 @@ def _scatter(Zf):
 
 
 def _top_eigvecs(scatter, rank_c):
-    # The scatter matrix is symmetric PSD: its left singular vectors are its eigenvectors.
+    # The scatter matrix is symmetric PSD: its left singular vectors are its eigenvectors. A
+    # scatter summed over devices is replicated; each device decomposes the same matrix.
     w, v = jnp.linalg.eigh(scatter)
     order = jnp.argsort(-w)
     return v[:, order[:rank_c]]
@@ -206,29 +323,37 @@ def hosvd_init(features_or_sample_fn, rank_c: int, *, key=None, batches: int = 1
     the scatter is summed in a streaming loop (memory independent of the total sample count).
     """
     if callable(features_or_sample_fn):
-        key = checks.key(key)
-        batches = checks.integer(batches, "batches")
-        batch_size = checks.integer(batch_size, "batch_size")
-        C = _probe(features_or_sample_fn, sample_args, key, batch_size)[-1]
-        rank_c = checks.integer(rank_c, "R_C", high=C, error=RankError)
-        scat = _streamed_scatter(key, sample_args, sample_fn=features_or_sample_fn, batches=batches,
-                                 batch_size=batch_size, C=C)
-        checks.require_finite(scat, "sample_fn produced NaN/inf features; check the generator at this layer")
-        return _top_eigvecs(scat, rank_c)
+        return _hosvd_streamed(features_or_sample_fn, rank_c, key, batches, batch_size, sample_args, None)
     x = check_features(features_or_sample_fn)
     rank_c = checks.integer(rank_c, "R_C", high=x.shape[-1], error=RankError)
     return _top_eigvecs(_scatter(flatten(x)), rank_c)
 
 
-@partial(jax.jit, static_argnames=("sample_fn", "batches", "batch_size", "C"))
-def _streamed_scatter(key, args, *, sample_fn, batches, batch_size, C):
-    """``sum_i Z_i Z_i^T`` over ``batches`` fresh batches; compiled once per sample_fn."""
+def _hosvd_streamed(sample_fn, rank_c, key, batches, batch_size, sample_args, mesh):
+    """:func:`hosvd_init` from ``sample_fn``; with a ``mesh`` each batch is drawn as in
+    :func:`fit_stream` (every device its own share) and the scatter is summed over devices."""
+    key = checks.key(key)
+    batches = checks.integer(batches, "batches")
+    batch_size = checks.integer(batch_size, "batch_size")
+    C = _probe(sample_fn, sample_args, key, batch_size // (mesh.size if mesh is not None else 1))[-1]
+    rank_c = checks.integer(rank_c, "R_C", high=C, error=RankError)
+    scat = _streamed_scatter(key, sample_args, sample_fn=sample_fn, batches=batches, batch_size=batch_size, C=C,
+                             mesh=mesh)
+    checks.require_finite(scat, "sample_fn produced NaN/inf features; check the generator at this layer")
+    return _top_eigvecs(scat, rank_c)
+
+
+@partial(jax.jit, static_argnames=("sample_fn", "batches", "batch_size", "C", "mesh"))
+def _streamed_scatter(key, args, *, sample_fn, batches, batch_size, C, mesh=None):
+    """``sum_i Z_i Z_i^T`` over ``batches`` fresh batches (:func:`_draw`); compiled once per
+    sample_fn. On a mesh each device adds its own samples and the sum is all-reduced."""
 
     def body(i, acc):
-        Z = _bind(sample_fn, args)(jax.random.fold_in(key, i), batch_size)
+        Z = _draw(sample_fn, args, jax.random.fold_in(key, i), batch_size, mesh)
         return acc + _scatter(flatten(Z.astype(jnp.float32)))
 
-    return jax.lax.fori_loop(0, batches, body, jnp.zeros((C, C), jnp.float32))
+    scat = jax.lax.fori_loop(0, batches, body, jnp.zeros((C, C), jnp.float32))
+    return scat if mesh is None else jax.lax.with_sharding_constraint(scat, _replicated(mesh))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,17 +552,18 @@ class StreamState(NamedTuple):
     eta_appearance: jax.Array
 
 
-@partial(jax.jit, static_argnames=("sample_fn", "batch_size", "auto", "chunk"), donate_argnums=(0,))
-def _run_stream_chunk(state: StreamState, key, t0, n, caps, sample_args, *, sample_fn, batch_size, auto, chunk):
-    """Steps ``t0 .. t0+n-1``, step ``t`` on the batch ``sample_fn(fold_in(key, t), batch_size)``."""
-    fn = _bind(sample_fn, sample_args)
+@partial(jax.jit, static_argnames=("sample_fn", "batch_size", "auto", "chunk", "mesh"), donate_argnums=(0,))
+def _run_stream_chunk(state: StreamState, key, t0, n, caps, sample_args, *, sample_fn, batch_size, auto, chunk,
+                      mesh=None):
+    """Steps ``t0 .. t0+n-1``, step ``t`` on the batch :func:`_draw` gives for ``fold_in(key, t)``
+    (``sample_fn(fold_in(key, t), batch_size)`` on one device). On a mesh the batch stays
+    sharded over samples and the summed gradients and losses are all-reduced, as in :func:`fit`."""
 
     def body(t, carry):
         s, losses = carry
-        Zf = flatten(fn(jax.random.fold_in(key, t0 + t), batch_size).astype(s.A.dtype))
-        sqz = jnp.sum(Zf * Zf)
-        Zt = to_columns(Zf)
-        full = PGDState(s.A, s.P, _parts_pass(Zt, s.P, Zf.shape[2]), s.eta_parts, s.eta_appearance)
+        Zt, sqz = _draw_columns(sample_fn, sample_args, jax.random.fold_in(key, t0 + t), batch_size, mesh,
+                                s.A.dtype)
+        full = PGDState(s.A, s.P, _parts_pass(Zt, s.P, s.A.shape[0]), s.eta_parts, s.eta_appearance)
         full, f = _step_auto(Zt, full, sqz, caps[0], caps[1]) if auto else _step_fixed(Zt, full)
         return StreamState(full.A, full.P, full.eta_parts, full.eta_appearance), losses.at[t].set(f + sqz)
 
@@ -451,18 +577,34 @@ def _run_stream_chunk(state: StreamState, key, t0, n, caps, sample_args, *, samp
 def _columns_put(Zf):
     """The features as ``Zt = [S, N*C]``, transposed once. With several devices, samples are
     sharded over a one-axis ``data`` mesh (column blocks of whole samples), padded with zero
-    samples, which add nothing to the loss or the gradients. Returns ``(Zt, replicated)``."""
-    devs = jax.devices()
-    if len(devs) == 1:
-        return jax.jit(to_columns)(Zf), None
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    samples, which add nothing to the loss or the gradients. Returns ``(Zt, mesh)`` (``mesh``
+    None on one device).
 
-    mesh = Mesh(np.array(devs), ("data",))
-    pad = (-Zf.shape[0]) % len(devs)
+    Every process holds all of ``Zf`` (the same array); each one builds only the column blocks
+    of its own devices (:func:`jax.make_array_from_callback`), so this is the same call on one
+    host and on several after ``jax.distributed.initialize()``."""
+    mesh = _data_mesh()
+    if mesh is None:
+        return jax.jit(to_columns)(Zf), None
+    N, S, C = Zf.shape
+    D = mesh.size
+    pad = (-N) % D
     if pad:
         Zf = jnp.concatenate([Zf, jnp.zeros((pad,) + Zf.shape[1:], Zf.dtype)])
-    Zt = jax.jit(to_columns, out_shardings=NamedSharding(mesh, PartitionSpec(None, "data")))(Zf)
-    return Zt, NamedSharding(mesh, PartitionSpec())
+    per = Zf.shape[0] // D  # samples per device: device d holds columns of samples [d*per, (d+1)*per)
+
+    def block(index):
+        first = index[1].indices(Zf.shape[0] * C)[0] // C
+        return _columns_block(Zf, first, per)
+
+    Zt = jax.make_array_from_callback((S, Zf.shape[0] * C), _columns_sharding(mesh), block)
+    return Zt, mesh
+
+
+@partial(jax.jit, static_argnums=2)
+def _columns_block(Zf, first, n):
+    """Samples ``first .. first+n-1`` of ``Zf`` as columns (:func:`to_columns`)."""
+    return to_columns(jax.lax.dynamic_slice_in_dim(Zf, first, n, axis=0))
 
 
 def _init_factors(init, shape, ranks, dtype, hosvd, key):
@@ -523,7 +665,10 @@ def fit(
         a :class:`~panda_jax.errors.ConvergenceWarning` says when ``steps`` ran out first.
       chunk: steps per jitted call; progress and checks run between chunks.
       progress: show progress (a bar on a terminal, a log line per chunk otherwise).
-      shard: with several devices, shard samples over a one-axis mesh (factors replicated).
+      shard: with several devices, shard samples over a one-axis mesh (factors replicated):
+        all of ``jax.devices()``, which after ``jax.distributed.initialize()`` are every
+        process's. Then every process passes the same ``features`` and gets the same result;
+        each process places only its own devices' samples.
       checkpoint: a directory for the fit state (orbax, atomic), saved every
         ``checkpoint_every`` steps and on Ctrl-C; with ``resume=True`` a killed fit continues
         from the latest state there and ends with the factors of an uninterrupted run.
@@ -538,12 +683,18 @@ def fit(
     if method not in ("pgd", "adam"):
         raise ConfigError(f"method must be 'pgd' or 'adam'; got {method!r}")
     chunk = checks.integer(chunk, "chunk")
+    if shard:
+        _same_call_everywhere("pj.fit", {
+            "features": [N, H, W, C, float(jnp.sum(x)), float(jnp.sum(x * x))], "ranks": [rc, rs],
+            "steps": steps, "lr": -1.0 if lr_v is None else lr_v, "method": method == "adam", "tol": tol,
+            "chunk": chunk, "key": _key_digest(key)})
     Zf = flatten(x)
     A, P = _init_factors(init, x.shape, (rc, rs), Zf.dtype, lambda: hosvd_init(x, rc), key)
+    mesh = None
     if shard:
-        Zt, replicated = _columns_put(Zf)
-        if replicated is not None:
-            A, P = jax.device_put(A, replicated), jax.device_put(P, replicated)
+        Zt, mesh = _columns_put(Zf)
+        if mesh is not None:
+            A, P = _put_replicated((A, P), mesh)
     else:
         Zt = jax.jit(to_columns)(Zf)
     del Zf  # from here on the features are read only as Zt
@@ -555,6 +706,8 @@ def fit(
             caps = tuple(jnp.asarray(c, Zt.dtype) for c in _auto_caps(Zt, A))
         else:
             caps = (jnp.asarray(lr_v, Zt.dtype),) * 2
+            if mesh is not None:
+                caps = _put_replicated(caps, mesh)
         state = PGDState(A, P, X, caps[0] + 0, caps[1] + 0)  # copies: the state is donated
 
         def run(state, done, n, constants):
@@ -562,7 +715,7 @@ def fit(
 
         def lr_info(state):
             if auto:
-                return {"parts": float(state.eta_parts), "appearance": float(state.eta_appearance)}
+                return {"parts": float(to_host(state.eta_parts)), "appearance": float(to_host(state.eta_appearance))}
             return {"parts": lr_v, "appearance": lr_v}
     else:
         import optax
@@ -570,6 +723,8 @@ def fit(
         rate = 1e-3 if lr_v is None else lr_v
         optimizer = optax.adam(rate)
         state = AdamState(A, P, optimizer.init(P), optimizer.init(A))
+        if mesh is not None:  # the step counts too: every input of the step replicated from the start
+            state = _put_replicated(state, mesh)
         caps = ()
 
         def run(state, done, n, constants):
@@ -580,14 +735,14 @@ def fit(
 
     def fingerprint():  # what a resumed fit must agree with (computed only when checkpointing)
         return {"kind": f"fit-{method}", "features": [N, H, W, C], "ranks": [rc, rs], "lr": _lr_desc(lr_v),
-                "sum_sq": float(jnp.sum(Zt * Zt))}
+                "sum_sq": float(to_host(jnp.sum(Zt * Zt)))}
 
     out = run_loop(
         run, state, steps=steps, chunk=chunk, tol=tol, progress=progress,
         desc=f"fit {H}x{W}x{C} R=({rc},{rs})", lr_desc=_lr_desc(lr_v), constants={"caps": caps},
         checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, fingerprint=fingerprint,
     )
-    A, P = jax.device_get(out.state.A), jax.device_get(out.state.P)
+    A, P = to_host(out.state.A), to_host(out.state.P)  # replicated: every process gets them
     return FitResult(Factors(jnp.asarray(A), jnp.asarray(P), H, W), out.losses, out.n_steps, out.converged,
                      out.seconds, lr_info(out.state))
 
@@ -606,6 +761,7 @@ def fit_stream(
     tol: float = 0.0,
     chunk: int = 100,
     progress: bool = False,
+    shard: bool = True,
     checkpoint: str | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
@@ -620,6 +776,21 @@ def fit_stream(
     constants (generator weights) should come in through ``sample_args``: then it is called as
     ``sample_fn(sample_args, key, batch_size)``. Memory is independent of the total number of
     samples seen. With ``lr="auto"`` each step's sizes are chosen on that step's batch.
+
+    Several devices (``shard=True``, the default, with ``D = len(jax.devices()) > 1``, also
+    across processes after ``jax.distributed.initialize()``): ``batch_size`` is the global batch
+    and must be a multiple of ``D``. Each device draws its own share, and nothing else: wherever
+    one device would draw ``sample_fn(k, batch_size)`` (each step, with ``k`` the step's key
+    ``fold_in(k_run, t)``; the HOSVD batches; the batch that sets the ``lr="auto"`` caps),
+    device ``d`` (its place in ``jax.devices()``) draws ``sample_fn(fold_in(k, d), batch_size // D)``.
+    The factors are replicated; the summed gradients and losses are all-reduced, so each step is
+    the step on the union of the shares. The result is therefore that of a one-device fit
+    (``shard=False``, the same ``key``) with the sampler
+    ``lambda k, n: concatenate([sample_fn(fold_in(k, d), n // D) for d in range(D)])``, up to
+    float round-off from the order of the sums. Every process makes the same call (same
+    ``sample_fn``, ``sample_args``, ``key``); it draws only the shares of its own devices.
+    ``shard=False`` runs on one device and draws ``sample_fn(k, batch_size)`` there (with one
+    device the two are the same). Checkpoints need a single process.
     """
     steps = checks.steps(steps)
     batch_size = checks.integer(batch_size, "batch_size")
@@ -627,29 +798,52 @@ def fit_stream(
     tol = checks.tol(tol)
     key = checks.key(key)
     chunk = checks.integer(chunk, "chunk")
+    hosvd_batches = checks.integer(hosvd_batches, "hosvd_batches")
+    mesh = _data_mesh(shard)
+    D = 1 if mesh is None else mesh.size
+    if batch_size % D:
+        raise ConfigError(
+            f"batch_size {batch_size} is not a multiple of the {D} devices the fit is sharded over (each draws "
+            f"batch_size / {D} samples per step); give a multiple of {D}, or shard=False to run on one device"
+        )
     k_init, k_parts, k_run = jax.random.split(key, 3)
-    _, H, W, C = _probe(sample_fn, sample_args, k_init, batch_size)
+    _, H, W, C = _probe(sample_fn, sample_args, k_init, batch_size // D)
     rc, rs = checks.ranks(ranks, C, H * W)
+    if mesh is not None:
+        _same_call_everywhere("pj.fit_stream", {
+            "batch": [batch_size, H, W, C], "ranks": [rc, rs], "steps": steps, "lr": -1.0 if lr_v is None else lr_v,
+            "tol": tol, "chunk": chunk, "hosvd_batches": hosvd_batches,
+            "key": _key_digest(key)})
+    if mesh is not None:  # every process holds the same key and sample_args: replicate them
+        k_init, k_run, sample_args = _put_replicated((k_init, k_run, sample_args), mesh)
     A, P = _init_factors(
         init, (1, H, W, C), (rc, rs), jnp.float32,
-        lambda: hosvd_init(sample_fn, rc, key=k_init, batches=hosvd_batches, batch_size=batch_size,
-                           sample_args=sample_args), k_parts)
+        lambda: _hosvd_streamed(sample_fn, rc, k_init, hosvd_batches, batch_size, sample_args, mesh), k_parts)
+    if mesh is not None:
+        A, P = _put_replicated((A, P), mesh)
     auto = lr_v is None
     if auto:
-        Z0 = flatten(_bind(sample_fn, sample_args)(k_init, batch_size).astype(jnp.float32))
-        checks.require_finite(Z0, "sample_fn produced NaN/inf features; check the generator at this layer")
-        caps = tuple(jnp.asarray(c, jnp.float32) for c in _auto_caps(to_columns(Z0), A))
+        Zt0, bad = _first_batch(sample_args, k_init, sample_fn=sample_fn, batch_size=batch_size, mesh=mesh)
+        if to_host(bad):
+            raise FeatureError("sample_fn produced NaN/inf features; check the generator at this layer")
+        caps = tuple(jnp.asarray(c, jnp.float32) for c in _auto_caps(Zt0, A))
+        del Zt0
     else:
         caps = (jnp.float32(lr_v),) * 2
+        if mesh is not None:
+            caps = _put_replicated(caps, mesh)
     state = StreamState(A, P, caps[0] + 0, caps[1] + 0)  # copies: the state is donated
 
     def run(state, done, n, constants):
         return _run_stream_chunk(state, k_run, done, n, constants["caps"], sample_args, sample_fn=sample_fn,
-                                 batch_size=batch_size, auto=auto, chunk=chunk)
+                                 batch_size=batch_size, auto=auto, chunk=chunk, mesh=mesh)
 
     def fingerprint():
-        return {"kind": "fit_stream", "features": [batch_size, H, W, C], "ranks": [rc, rs], "lr": _lr_desc(lr_v),
-                "key": np.asarray(jax.random.key_data(key)).ravel().tolist()}
+        fp = {"kind": "fit_stream", "features": [batch_size, H, W, C], "ranks": [rc, rs], "lr": _lr_desc(lr_v),
+              "key": to_host(jax.random.key_data(key)).ravel().tolist()}
+        if D > 1:  # the batches depend on the device count
+            fp["devices"] = D
+        return fp
 
     out = run_loop(
         run, state, steps=steps, chunk=chunk, tol=tol, progress=progress, stochastic=True,
@@ -657,8 +851,8 @@ def fit_stream(
         checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, fingerprint=fingerprint,
     )
     s = out.state
-    A, P = jax.device_get(s.A), jax.device_get(s.P)
-    lr_info = ({"parts": float(s.eta_parts), "appearance": float(s.eta_appearance)} if auto
+    A, P = to_host(s.A), to_host(s.P)  # replicated: every process gets them
+    lr_info = ({"parts": float(to_host(s.eta_parts)), "appearance": float(to_host(s.eta_appearance))} if auto
                else {"parts": lr_v, "appearance": lr_v})
     return FitResult(Factors(jnp.asarray(A), jnp.asarray(P), H, W), out.losses, out.n_steps, out.converged,
                      out.seconds, lr_info)

@@ -168,6 +168,19 @@ def _put_like(value, like):
     return np.asarray(value)
 
 
+def to_host(x) -> np.ndarray:
+    """``x`` as a NumPy array on this host, also when it spans devices of other processes (a fit
+    after ``jax.distributed.initialize()``): a replicated array is read from a local copy, a
+    sharded one is gathered from all processes (every process must call this together)."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return np.asarray(x)
+    if x.is_fully_replicated:
+        return np.asarray(x.addressable_data(0))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def _alive(state) -> bool:
     return not any(getattr(x, "is_deleted", lambda: False)() for x in jax.tree_util.tree_leaves(state))
 
@@ -216,7 +229,8 @@ def run_loop(
             warnings.warn(f"no saved fit state in {checkpoint!r}; starting from step 0", stacklevel=3)
     chunk = min(chunk, steps)
     t0 = time.perf_counter()
-    bar = Progress(steps, desc, progress, start=min(done, steps))
+    # With several processes every one runs this loop on the same (replicated) losses; one reports.
+    bar = Progress(steps, desc, progress and jax.process_index() == 0, start=min(done, steps))
     last_saved = done
     prev = _summary(losses[-1], stochastic) if losses and len(losses[-1]) else None
     rel = None
@@ -226,7 +240,7 @@ def run_loop(
             if checkpoint_every:
                 n = min(n, checkpoint_every - done % checkpoint_every)
             state, ls = run(state, done, n, constants)
-            ls = np.asarray(ls)[:n]
+            ls = to_host(ls)[:n]
             if not np.all(np.isfinite(ls)) or not _finite(state):
                 bad = np.flatnonzero(~np.isfinite(ls))
                 step = done + (int(bad[0]) if len(bad) else n - 1)
@@ -275,7 +289,7 @@ def _summary(ls: np.ndarray, stochastic: bool) -> float:
 
 def _finite(state) -> bool:
     A = getattr(state, "A", None)
-    return A is None or bool(np.isfinite(np.asarray(A)).all())
+    return A is None or bool(np.isfinite(to_host(A)).all())
 
 
-__all__ = ["FitInterrupted", "FitResult", "LoopOutput", "Progress", "run_loop", "MARKER"]
+__all__ = ["FitInterrupted", "FitResult", "LoopOutput", "Progress", "run_loop", "to_host", "MARKER"]

@@ -1,22 +1,49 @@
-"""GAN generators ported to Flax NNX behind one interface (see :mod:`ported_gens.base`)."""
+"""GAN generators ported to Flax NNX behind one interface (see :mod:`ported_gens.base`).
+
+What lives where:
+
+- ``base.py``: the :class:`Generator` interface (``features`` / ``render`` / ``generate``; the
+  pure function forms ``sample_fn`` / ``image_fn`` / ``image_fn_w``; the W-space methods and
+  ``first_projection_weights``), :class:`~ported_gens.base.StyleGenerator` (families with a W
+  space), :class:`Latents`, the family registry (``FAMILIES``, ``build``, ``abstract``) and the
+  converted-directory format (``save_generator``, ``load_dir``, ``check_model_out``,
+  ``is_converted_model``).
+- ``config.py``: :class:`~ported_gens.config.FamilyConfig`, the frozen-dataclass base of the
+  family configs, and the setting kinds that check them once.
+- ``ops.py``: array operations and layers the families share (explicit broadcasts ``row`` /
+  ``per_sample``, convolutions, ``upfirdn2d``, modulated convolution, equalised-LR layers, the
+  genforce mapping network, truncation).
+- ``genforce_common.py``: what genforce's PGGAN, StyleGAN and StyleGAN2 share (resolutions,
+  channel widths, the truncation default, ``GenforceConfig``).
+- one module per family, each a ``<Family>Config`` and the generator: ``dcgan.py``,
+  ``pggan.py``, ``stylegan.py``, ``stylegan2.py``, ``stylegan3.py``, ``biggan.py``
+  (``imagenet.py``: BigGAN's class names).
+- ``zoo.py``: known model names -> (family, config settings).
+
+What may import what: ``ported_gens`` imports from ``panda_jax`` only its core leaves
+(``panda_jax.errors``, ``panda_jax._io``), never ``convert``, the command line
+(``panda_jax.app``) or anything else that imports ``ported_gens``. Inside:
+``config`` imports nothing of ours; ``base`` imports ``config``; ``ops`` imports ``base``;
+``genforce_common`` imports ``config`` and ``ops``; a family imports those and no other family;
+``zoo`` imports the families whose presets it lists. Adding a family is a module here (its
+config and generator, registered with ``@register_family``), its import below, a converter in
+``convert/`` and tests.
+"""
 
 from __future__ import annotations
 
-import importlib
 import os
 
-from .base import FAMILIES, Generator, Latents, build, load_dir, save_generator
+from .base import FAMILIES, Generator, Latents, StyleGenerator, build, load_dir, save_generator
+from .config import FamilyConfig
 
-# Family modules register themselves on import.
-FAMILY_MODULES = ("dcgan", "pggan", "stylegan", "stylegan2", "stylegan3", "biggan")
-
-
-def _import_families():
-    for name in FAMILY_MODULES:
-        importlib.import_module(f"ported_gens.{name}")
-
-
-_import_families()
+# The family modules register themselves (FAMILIES) on import.
+from .dcgan import DCGANConfig
+from .pggan import PGGANConfig
+from .stylegan import StyleGANConfig
+from .stylegan2 import StyleGAN2Config
+from .stylegan3 import StyleGAN3Config
+from .biggan import BigGANConfig
 
 
 def models_dir() -> str:
@@ -43,4 +70,8 @@ def load(path_or_name: str) -> Generator:
     return load_dir(path_or_name)
 
 
-__all__ = ["FAMILIES", "Generator", "Latents", "build", "load", "load_dir", "save_generator"]
+__all__ = [
+    "FAMILIES", "Generator", "StyleGenerator", "Latents", "build", "load", "load_dir", "save_generator",
+    "FamilyConfig", "DCGANConfig", "PGGANConfig", "StyleGANConfig", "StyleGAN2Config", "StyleGAN3Config",
+    "BigGANConfig",
+]

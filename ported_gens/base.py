@@ -1,7 +1,8 @@
 """The Generator interface every ported family implements, and the converted-directory format.
 
-A family subclasses :class:`Generator` and implements four pure methods, all traced under
-``jit`` with ``layer`` and ``truncation`` static:
+A family subclasses :class:`Generator` (or :class:`StyleGenerator`, for families with a W
+space), names its config class (``Config``, a :class:`~ported_gens.config.FamilyConfig`) and
+implements pure methods, all traced under ``jit`` with ``layer`` and ``truncation`` static:
 
 ``_layer_shapes()``
     ``{layer: (H, W, C)}`` for every usable layer index (the original PandA code's indices).
@@ -12,8 +13,21 @@ A family subclasses :class:`Generator` and implements four pure methods, all tra
     the image ``[N, H, W, 3]`` from resuming at ``layer`` with (possibly edited) ``Z``.
 ``_generate(lat, truncation)``
     the whole forward; the default is ``_render(*_features(...))`` at the first layer.
+``_first_projection(layers)``
+    the weights that first project the latent (SeFa), ``[out, latent_dim]``.
 
 ``render(*features(lat, l), l)`` equals ``generate(lat)`` for every family and layer.
+
+The public methods wrap these in one cached ``jit`` per method and static settings
+(:meth:`Generator._jit`). :meth:`Generator.sample_fn`, :meth:`Generator.image_fn` and
+:meth:`Generator.image_fn_w` hand out the same computations as pure functions of the parameter
+state (``fn(state, ...)``), for a caller's own ``jit``, ``vmap``, ``grad``, ``jacrev``, ``jvp``.
+
+A :class:`StyleGenerator` (StyleGAN, StyleGAN2, StyleGAN3) has ``G.has_w``, the ``mapping``
+network ``z -> w``, ``w_avg``, ``num_ws`` rows of w+ and implements ``_truncate(wp, psi)``,
+``_features_from_wp(wp, layer)`` and ``_style_weight(row)``; the rest of its interface
+(:meth:`Generator.wp`, :meth:`Generator.features_from_wp`, :meth:`Generator.generate_from_wp`)
+is shared. Other families have ``G.has_w == False``; their W methods raise ConfigError.
 
 Images are NHWC float (nominally [-1, 1]); feature maps are NHWC.
 
@@ -23,11 +37,13 @@ file name and sha256) and ``params/``, an orbax checkpoint of the module's state
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import shutil
-from functools import partial
-from typing import Callable, NamedTuple
+from functools import lru_cache, partial
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +51,9 @@ import numpy as np
 from flax import nnx
 
 from panda_jax._io import is_within, real_target, replace_dir, staging_dir
-from panda_jax.errors import CheckpointError, ConfigError, LayerError
+from panda_jax.errors import CheckpointError, ConfigError, FeatureError, LayerError
+
+from .config import FamilyConfig
 
 FORMAT_VERSION = 1
 FAMILIES: dict[str, type["Generator"]] = {}
@@ -72,26 +90,95 @@ def register_family(name: str) -> Callable[[type], type]:
     return deco
 
 
-@partial(jax.jit, static_argnames=("graphdef", "method", "static"))
-def _call(graphdef, state, method, static, traced):
-    module = nnx.merge(graphdef, state)
-    return getattr(module, method)(**traced, **dict(static))
+def check_truncation(family: str, truncation) -> float:
+    """``truncation`` as a Python float: a finite number >= 0 (1.0 = none), else a ConfigError."""
+    ok = not isinstance(truncation, (bool, np.bool_)) and np.ndim(truncation) == 0
+    try:
+        psi = float(truncation) if ok else math.nan
+    except (TypeError, ValueError):
+        psi = math.nan
+    if not math.isfinite(psi) or psi < 0:
+        raise ConfigError(f"{family}: truncation {truncation!r} must be a finite number >= 0 (1.0 = none)")
+    return psi
+
+
+@dataclasses.dataclass(frozen=True)
+class PureMethod:
+    """``fn(state, *arrays)``: the generator method ``name`` (with the keyword settings
+    ``static``) of the generator rebuilt from ``graphdef`` and ``state``. A pure function of
+    arrays, hashable and equal for equal generator structure and settings, so it can be a
+    static argument of ``jax.jit`` and compose with ``vmap``, ``grad``, ``jacrev``, ``jvp``."""
+
+    graphdef: Any
+    name: str
+    static: tuple
+
+    def __call__(self, state, *args, **kwargs):
+        return getattr(nnx.merge(self.graphdef, state), self.name)(*args, **kwargs, **dict(self.static))
+
+
+@lru_cache(maxsize=256)
+def _pure_method(graphdef, name: str, static: tuple) -> PureMethod:
+    return PureMethod(graphdef, name, static)
+
+
+@partial(jax.jit, static_argnames=("fn",))
+def _call(fn: PureMethod, state, traced: dict):
+    return fn(state, **traced)
+
+
+@partial(jax.jit, static_argnums=(0,))
+def _apply(graphdef, state, args):
+    return nnx.merge(graphdef, state)(*args)
+
+
+def stage(module: nnx.Module, *args):
+    """``module(*args)`` as one compiled program, cached per module structure and input shapes.
+    Families that run stage by stage (StyleGAN3's layers, BigGAN's blocks) call their stages
+    with it, so every layer choice reuses the same few programs; inside a caller's ``jit`` the
+    stages simply inline."""
+    graphdef, state = nnx.split(module)
+    return _apply(graphdef, state, args)
+
+
+class _RequiresW:
+    """A W-space attribute on a family without one: reading it raises a ConfigError. Families
+    with a W space set the attribute or override it (this descriptor has no ``__set__``)."""
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        obj._require_w(self.name)
 
 
 class Generator(nnx.Module):
-    """Base class of the ported generators (see the module docstring)."""
+    """Base class of the ported generators (see the module docstring).
 
-    family: str = "?"
+    ``Family(**settings)``, ``Family(config_dict)`` or ``Family(FamilyConfig)``: the settings
+    are checked once by the family's ``Config`` (unknown names and bad values raise ConfigError).
+    """
 
-    def __init__(self, config: dict):
-        # Plain-JSON constructor config, written to config.json and given back to __init__.
-        # Kept as a JSON string: static (part of the graph definition) and hashable.
-        self._config_json = json.dumps(dict(config), sort_keys=True)
+    family: ClassVar[str] = "?"
+    Config: ClassVar[type[FamilyConfig]] = FamilyConfig
+    has_w: ClassVar[bool] = False
+    """Whether the family has a W space (mapping network, w+)."""
+
+    mapping = _RequiresW()
+    w_avg = _RequiresW()
+    num_ws = _RequiresW()
+    w_dim = _RequiresW()
+
+    def __init__(self, config: FamilyConfig | dict | None = None, /, **settings):
+        # Hashable and frozen: a static attribute, part of the graph definition.
+        self.cfg = self.Config.from_dict(config, **settings)
 
     @property
     def config(self) -> dict:
-        """The constructor keyword arguments (plain JSON values)."""
-        return json.loads(self._config_json)
+        """The constructor settings as a plain-JSON dict (``config.json`` stores it)."""
+        return self.cfg.to_dict()
 
     # ---- to implement -------------------------------------------------------------------
     def _layer_shapes(self) -> dict[int, tuple[int, int, int]]:
@@ -111,6 +198,20 @@ class Generator(nnx.Module):
         first = min(self._layer_shapes())
         Z, ctx = self._features(lat, first, truncation)
         return self._render(Z, first, ctx)
+
+    def _first_projection(self, layers):
+        raise NotImplementedError
+
+    def _check_truncation(self, truncation) -> float:
+        """The truncation as a Python float (a compile-time constant), or a ConfigError."""
+        return check_truncation(self.family, truncation)
+
+    # ---- pure pieces shared by the function forms ---------------------------------------
+    def _sample_features(self, key, n: int, *, layer: int, truncation: float):
+        return self._features(as_latents(self.sample_latents(key, n)), layer, truncation)[0]
+
+    def _image_of_z(self, z, classes=None, *, truncation: float):
+        return self._generate(Latents(z, classes), truncation)
 
     # ---- public API ---------------------------------------------------------------------
     @property
@@ -140,13 +241,19 @@ class Generator(nnx.Module):
     def _jit(self, method, static: tuple, **traced):
         """Run ``method`` under one cached ``jit``: ``static`` (name, value) pairs are compile-time
         constants, ``traced`` keyword arrays are traced."""
+        fn, state = self._pure(method, static)
+        return _call(fn, state, traced)
+
+    def _pure(self, method: str, static: tuple):
+        """``(PureMethod, state)``; the function is the same object for the same structure and settings."""
         graphdef, state = nnx.split(self)
-        return _call(graphdef, state, method, static, traced)
+        return _pure_method(graphdef, method, static), state
 
     def features(self, lat, layer: int, truncation: float = 1.0):
         """``(Z, ctx)``: the feature map ``[N, H, W, C]`` at ``layer`` and what resuming needs."""
         layer = self.check_layer(layer)
-        return self._jit("_features", (("layer", layer), ("truncation", float(truncation))), lat=as_latents(lat))
+        psi = self._check_truncation(truncation)
+        return self._jit("_features", (("layer", layer), ("truncation", psi)), lat=as_latents(lat))
 
     def render(self, Z, layer: int, ctx: dict):
         """The image ``[N, H, W, 3]`` from resuming the generator at ``layer`` with ``Z``."""
@@ -155,7 +262,162 @@ class Generator(nnx.Module):
 
     def generate(self, lat, truncation: float = 1.0):
         """The image ``[N, H, W, 3]`` of the whole forward."""
-        return self._jit("_generate", (("truncation", float(truncation)),), lat=as_latents(lat))
+        psi = self._check_truncation(truncation)
+        return self._jit("_generate", (("truncation", psi),), lat=as_latents(lat))
+
+    def sample_fn(self, layer: int, truncation: float = 1.0):
+        """``(fn, args)``: ``fn(args, key, n)`` draws ``n`` latents with ``key`` (as
+        :meth:`sample_latents`) and returns their features ``[n, H, W, C]`` at ``layer``.
+
+        ``fn`` is a pure, hashable function (the same object for the same generator structure,
+        layer and truncation, so ``jax.jit`` caches hit); ``args`` is the parameter state, a
+        pytree. This is what ``panda_jax.fit_stream(fn, ranks, ..., sample_args=args)`` and
+        ``panda_jax.hosvd_init(fn, rank_c, sample_args=args)`` take; ``n`` must be static."""
+        layer = self.check_layer(layer)
+        psi = self._check_truncation(truncation)
+        return self._pure("_sample_features", (("layer", layer), ("truncation", psi)))
+
+    def image_fn(self, truncation: float = 1.0):
+        """``(fn, args)``: ``fn(args, z)`` (BigGAN: ``fn(args, z, classes)``) is the image
+        ``[N, H, W, 3]`` of the latents ``z [N, z_dim]``, as :meth:`generate`; a pure function
+        for ``jax.jacrev`` / ``jax.jvp`` / ``vmap`` (Jacobians for GANSpace, SeFa, ReSeFa).
+        ``args`` is the parameter state."""
+        psi = self._check_truncation(truncation)
+        return self._pure("_image_of_z", (("truncation", psi),))
+
+    def first_projection_weights(self, layers=None):
+        """The weights that first project the latent, ``[out, latent_dim]`` (SeFa's, in PyTorch's
+        ``[out, in]`` layout): SeFa's directions are the top eigenvectors of ``W^T W`` after
+        genforce/sefa normalises every row (output unit) of ``W`` to unit length.
+
+        StyleGAN/2/3: the style affine layers of the w+ rows ``layers`` (genforce/sefa's
+        ``layer_idx``, ``0 .. num_ws-1``; default all), stacked; see :class:`StyleGenerator`.
+        DCGAN, PGGAN, BigGAN: the first layer's weights (``layers`` must be ``None``); see the
+        family's ``_first_projection``."""
+        return jnp.asarray(self._first_projection(layers))
+
+    # ---- the W space (StyleGenerator families) ------------------------------------------
+    def _require_w(self, what: str):
+        if not self.has_w:
+            raise ConfigError(
+                f"{self.family} has no W space (no mapping network, no w+), so it has no {what}; "
+                "check G.has_w. Use its z space: G.features / G.generate / G.image_fn"
+            )
+
+    def wp(self, lat=None, truncation: float = 1.0, *, w=None):
+        """w+ ``[N, num_ws, w_dim]``: ``z`` (or Latents) mapped, or ``w=[N, w_dim]`` as given,
+        repeated over the ``num_ws`` rows and truncated towards ``w_avg`` (the family's rule)."""
+        self._require_w("wp")
+        if (lat is None) == (w is None):
+            raise ConfigError("wp() takes either latents z (first argument) or w=...; give exactly one")
+        psi = self._check_truncation(truncation)
+        if w is not None:
+            w = jnp.asarray(w)
+            if w.ndim != 2 or w.shape[1] != self.w_dim:
+                raise FeatureError(f"w has shape {tuple(w.shape)}; this {self.family} expects [N, {self.w_dim}]")
+            return self._jit("_wp_from_w", (("truncation", psi),), w=w)
+        return self._jit("_wp", (("truncation", psi),), lat=as_latents(lat))
+
+    def check_wp(self, wp):
+        """``wp`` as an array, or a FeatureError unless it is ``[N, num_ws, w_dim]``."""
+        self._require_w("w+")
+        wp = jnp.asarray(wp)
+        if wp.ndim != 3 or wp.shape[1:] != (self.num_ws, self.w_dim):
+            raise FeatureError(
+                f"w+ has shape {tuple(wp.shape)}; this {self.family} takes [N, {self.num_ws}, {self.w_dim}] "
+                "(G.wp(z) makes one)"
+            )
+        return wp
+
+    def features_from_wp(self, wp, layer: int):
+        """``(Z, ctx)`` as :meth:`features`, from w+ ``[N, num_ws, w_dim]`` (edited or not)."""
+        wp = self.check_wp(wp)
+        layer = self.check_layer(layer)
+        return self._jit("_features_from_wp", (("layer", layer),), wp=wp)
+
+    def generate_from_wp(self, wp):
+        """The image ``[N, H, W, 3]`` from w+ ``[N, num_ws, w_dim]``."""
+        wp = self.check_wp(wp)
+        return self._jit("_generate_from_wp", (), wp=wp)
+
+    def image_fn_w(self):
+        """``(fn, args)``: ``fn(args, wp)`` is the image of w+ ``[N, num_ws, w_dim]``, a pure
+        function of arrays (for ``jax.jacrev`` / ``jax.jvp`` / ``vmap``); ``args`` the state."""
+        self._require_w("image_fn_w")
+        return self._pure("_generate_from_wp", ())
+
+
+class StyleGenerator(Generator):
+    """A generator with a W space: ``w = mapping(z)``, repeated into w+ ``[N, num_ws, w_dim]``
+    and truncated towards ``w_avg``; the synthesis reads one row of w+ per style layer.
+
+    A family sets ``self.mapping`` (an ``nnx.Module``, ``mapping(z) -> w [N, w_dim]``) and
+    ``self.w_avg`` (a :class:`Buffer` ``[w_dim]``, usable as an array; ``w_avg[...]`` is the
+    ``jax.Array``), its config has ``z_dim``, ``w_dim`` and ``num_ws``, and it implements
+    ``_truncate(wp, psi)``, ``_features_from_wp(wp, layer)``, ``_render`` and
+    ``_style_weight(row) -> [out, w_dim]`` (the affine layer reading w+ row ``row``, its stored
+    weight in PyTorch's layout, without the equalised-learning-rate scale, as genforce/sefa
+    reads it).
+    """
+
+    has_w = True
+
+    @property
+    def num_ws(self) -> int:
+        """Rows of w+ (one per style input)."""
+        return self.cfg.num_ws
+
+    @property
+    def w_dim(self) -> int:
+        return self.cfg.w_dim
+
+    @property
+    def z_dim(self) -> int:
+        return self.cfg.z_dim
+
+    def _truncate(self, wp, psi: float):
+        raise NotImplementedError
+
+    def _features_from_wp(self, wp, layer: int):
+        raise NotImplementedError
+
+    def _style_weight(self, row: int):
+        raise NotImplementedError
+
+    def _wp_from_w(self, w, truncation: float):
+        wp = jnp.broadcast_to(w[:, None, :], (w.shape[0], self.num_ws, self.w_dim))
+        return self._truncate(wp, truncation)
+
+    def _wp(self, lat, truncation: float):
+        z = as_latents(lat).z
+        if z.ndim != 2 or z.shape[1] != self.z_dim:
+            raise ConfigError(f"{self.family}: z has shape {tuple(z.shape)}; expected [N, {self.z_dim}]")
+        return self._wp_from_w(self.mapping(z), truncation)
+
+    def _features(self, lat, layer: int, truncation: float):
+        return self._features_from_wp(self._wp(lat, truncation), layer)
+
+    def _generate_from_wp(self, wp):
+        first = min(self._layer_shapes())
+        Z, ctx = self._features_from_wp(wp, first)
+        return self._render(Z, first, ctx)
+
+    def _generate(self, lat, truncation: float):
+        return self._generate_from_wp(self._wp(lat, truncation))
+
+    def _first_projection(self, layers):
+        if layers is None:
+            rows = list(range(self.num_ws))
+        else:
+            items = [layers] if isinstance(layers, (int, np.integer)) else list(layers)
+            if not items or any(isinstance(r, bool) or not isinstance(r, (int, np.integer)) or not 0 <= r < self.num_ws
+                                for r in items):
+                raise ConfigError(
+                    f"layers={layers!r}: give w+ rows (genforce/sefa's layer_idx) in 0..{self.num_ws - 1}, "
+                    "or None for all of them; these are style layers, not the feature layers of G.layers"
+                )
+            rows = sorted({int(r) for r in items})
+        return jnp.concatenate([self._style_weight(r) for r in rows], axis=0)
 
 
 # ---- converted directories --------------------------------------------------------------

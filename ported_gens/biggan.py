@@ -39,10 +39,10 @@ compiling a new whole-network program per layer. Inside an outer ``jit`` the sta
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
 import math
-from functools import lru_cache, partial
-from importlib import resources
+from functools import partial
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -51,39 +51,24 @@ from flax import nnx
 
 from panda_jax.errors import ConfigError, FeatureError
 
-from .base import Buffer, Generator, Latents, as_latents, register_family
+from . import ops
+from .base import Buffer, Generator, Latents, as_latents, register_family, stage
+from .config import FamilyConfig, Float, Int, Kind, setting
+from .imagenet import class_index, class_indices, imagenet_classes  # noqa: F401  (BigGAN's classes)
 
 # The BigGAN-deep 128x128 block list: (upsample, input channel multiplier, output multiplier).
 DEEP_128_LAYERS = (
     (False, 16, 16), (True, 16, 16), (False, 16, 16), (True, 16, 8), (False, 8, 8),
     (True, 8, 4), (False, 4, 4), (True, 4, 2), (False, 2, 2), (True, 2, 1),
 )
+DEEP_256_LAYERS = DEEP_128_LAYERS[:5] + ((True, 8, 8), (False, 8, 8), (True, 8, 4), (False, 4, 4),
+                                         (True, 4, 2), (False, 2, 2), (True, 2, 1))
+DEEP_512_LAYERS = DEEP_256_LAYERS + ((False, 1, 1), (True, 1, 1))
 
 CTX_KEYS = ("cond", "bn_rows", "bn_weights")
-_DN = ("NHWC", "HWIO", "NHWC")
 
 
 # ---- ops --------------------------------------------------------------------------------
-
-
-def _zeros(*shape):
-    return jnp.zeros(shape, jnp.float32)
-
-
-def _row(v):
-    """``[C]`` -> ``[1, 1, 1, C]`` (explicit, the project forbids implicit rank promotion)."""
-    return v.reshape(1, 1, 1, -1)
-
-
-def _per_sample(v):
-    """``[N, C]`` -> ``[N, 1, 1, C]``."""
-    return v[:, None, None, :]
-
-
-def _up2(x):
-    """Nearest-neighbour x2 upsampling (``F.interpolate(scale_factor=2, mode='nearest')``)."""
-    n, h, w, c = x.shape
-    return jnp.broadcast_to(x[:, :, None, :, None, :], (n, h, 2, w, 2, c)).reshape(n, 2 * h, 2 * w, c)
 
 
 def _pool2(x):
@@ -141,8 +126,8 @@ def check_truncation(truncation) -> float:
 
 class _Linear(nnx.Module):
     def __init__(self, cin: int, cout: int):
-        self.kernel = nnx.Param(_zeros(cin, cout))
-        self.bias = nnx.Param(_zeros(cout))
+        self.kernel = nnx.Param(ops.zeros(cin, cout))
+        self.bias = nnx.Param(ops.zeros(cout))
 
     def __call__(self, x):
         return x @ self.kernel[...] + self.bias[...][None, :]
@@ -153,16 +138,15 @@ class _Conv(nnx.Module):
 
     def __init__(self, cin: int, cout: int, size: int):
         self.size = size
-        self.kernel = nnx.Param(_zeros(cin, cout) if size == 1 else _zeros(size, size, cin, cout))
-        self.bias = nnx.Param(_zeros(cout))
+        self.kernel = nnx.Param(ops.zeros(cin, cout) if size == 1 else ops.zeros(size, size, cin, cout))
+        self.bias = nnx.Param(ops.zeros(cout))
 
     def __call__(self, x):
         if self.size == 1:
             y = _pointwise(x, self.kernel[...])
         else:
-            p = self.size // 2
-            y = jax.lax.conv_general_dilated(x, self.kernel[...], (1, 1), ((p, p), (p, p)), dimension_numbers=_DN)
-        return y + _row(self.bias[...])
+            y = ops.conv2d(x, self.kernel[...], self.size // 2)
+        return y + ops.row(self.bias[...])
 
 
 class _CondBatchNorm(nnx.Module):
@@ -174,9 +158,9 @@ class _CondBatchNorm(nnx.Module):
 
     def __init__(self, channels: int, cond_dim: int, n_stats: int, eps: float):
         self.eps = eps
-        self.scale = nnx.Param(_zeros(cond_dim, channels))
-        self.offset = nnx.Param(_zeros(cond_dim, channels))
-        self.means = Buffer(_zeros(n_stats, channels))
+        self.scale = nnx.Param(ops.zeros(cond_dim, channels))
+        self.offset = nnx.Param(ops.zeros(cond_dim, channels))
+        self.means = Buffer(ops.zeros(n_stats, channels))
         self.vars = Buffer(jnp.ones((n_stats, channels), jnp.float32))
 
 
@@ -203,7 +187,7 @@ def _cond_affines(bns, cond, rows, weights):
 
 def _affine(x, gain_shift):
     gain, shift = gain_shift
-    return x * _per_sample(gain) + _per_sample(shift)
+    return x * ops.per_sample(gain) + ops.per_sample(shift)
 
 
 class _BatchNorm(nnx.Module):
@@ -211,9 +195,9 @@ class _BatchNorm(nnx.Module):
 
     def __init__(self, channels: int, n_stats: int, eps: float):
         self.eps = eps
-        self.weight = nnx.Param(_zeros(channels))
-        self.bias = nnx.Param(_zeros(channels))
-        self.means = Buffer(_zeros(n_stats, channels))
+        self.weight = nnx.Param(ops.zeros(channels))
+        self.bias = nnx.Param(ops.zeros(channels))
+        self.means = Buffer(ops.zeros(n_stats, channels))
         self.vars = Buffer(jnp.ones((n_stats, channels), jnp.float32))
 
     def __call__(self, x, rows, weights):
@@ -221,7 +205,7 @@ class _BatchNorm(nnx.Module):
         var = _stats(self.vars[...], rows, weights)
         gain = self.weight[...][None, :] * jax.lax.rsqrt(var + self.eps)
         shift = self.bias[...][None, :] - mean * gain
-        return x * _per_sample(gain) + _per_sample(shift)
+        return x * ops.per_sample(gain) + ops.per_sample(shift)
 
 
 class _GenBlock(nnx.Module):
@@ -243,13 +227,13 @@ class _GenBlock(nnx.Module):
         h = self.conv_0(jax.nn.relu(_affine(x, affines[0])))
         h = jax.nn.relu(_affine(h, affines[1]))
         if self.up:
-            h = _up2(h)
+            h = ops.upsample_nearest(h)
         h = self.conv_1(h)
         h = self.conv_2(jax.nn.relu(_affine(h, affines[2])))
         h = self.conv_3(jax.nn.relu(_affine(h, affines[3])))
         skip = x[..., : x.shape[-1] // 2] if self.drop_channels else x
         if self.up:
-            skip = _up2(skip)
+            skip = ops.upsample_nearest(skip)
         return h + skip
 
 
@@ -257,10 +241,10 @@ class _SelfAttention(nnx.Module):
     """SAGAN self-attention: keys and values max-pooled 2x2, ``x + gamma * o(attn @ g)``."""
 
     def __init__(self, channels: int):
-        self.theta = nnx.Param(_zeros(channels, channels // 8))
-        self.phi = nnx.Param(_zeros(channels, channels // 8))
-        self.g = nnx.Param(_zeros(channels, channels // 2))
-        self.o = nnx.Param(_zeros(channels // 2, channels))
+        self.theta = nnx.Param(ops.zeros(channels, channels // 8))
+        self.phi = nnx.Param(ops.zeros(channels, channels // 8))
+        self.g = nnx.Param(ops.zeros(channels, channels // 2))
+        self.o = nnx.Param(ops.zeros(channels // 2, channels))
         self.gamma = nnx.Param(jnp.zeros((), jnp.float32))
 
     def __call__(self, x, cond=None, rows=None, weights=None):
@@ -277,7 +261,7 @@ class _Stem(nnx.Module):
     """``cond = [z, classes @ embeddings]`` and the 4x4 input ``(cond @ gen_z + b)``."""
 
     def __init__(self, num_classes: int, z_dim: int, channels: int):
-        self.embeddings = nnx.Param(_zeros(num_classes, z_dim))
+        self.embeddings = nnx.Param(ops.zeros(num_classes, z_dim))
         self.gen_z = _Linear(2 * z_dim, 16 * channels)
 
     def __call__(self, z, classes):
@@ -297,18 +281,6 @@ class _Head(nnx.Module):
         return jnp.tanh(self.conv_to_rgb(jax.nn.relu(self.bn(x, rows, weights))))
 
 
-@partial(jax.jit, static_argnums=(0,))
-def _apply(graphdef, state, args):
-    """One stage (stem, block, head) under ``jit``: compiled once per stage and input shape, so
-    every layer choice of :meth:`BigGAN.features` / :meth:`BigGAN.render` reuses the programs."""
-    return nnx.merge(graphdef, state)(*args)
-
-
-def _staged(module, *args):
-    graphdef, state = nnx.split(module)
-    return _apply(graphdef, state, args)
-
-
 def _direct(module, *args):
     return module(*args)
 
@@ -316,54 +288,78 @@ def _direct(module, *args):
 # ---- config -----------------------------------------------------------------------------
 
 
-def _check_config(output_dim, z_dim, channel_width, num_classes, layers, attention_layer_position, eps, n_stats):
-    """Normalise and validate the constructor config; returns the block list as tuples."""
-    for name, v in (("output_dim", output_dim), ("z_dim", z_dim), ("channel_width", channel_width),
-                    ("num_classes", num_classes), ("n_stats", n_stats), ("attention_layer_position", attention_layer_position)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 or (v == 0 and name != "attention_layer_position"):
-            raise ConfigError(f"BigGAN config {name}={v!r} is not a positive integer")
-    if n_stats < 2:
-        raise ConfigError(f"BigGAN config n_stats={n_stats} must be at least 2 (statistics for truncations 0..1)")
-    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
-        raise ConfigError(f"BigGAN config eps={eps!r} must be a positive float")
-    try:
-        blocks = tuple((bool(u), int(a), int(b)) for u, a, b in layers)
-        if any(not isinstance(u, (bool, np.bool_)) for u, _, _ in layers):
-            raise TypeError
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"BigGAN config layers={layers!r} is not a list of [upsample (bool), in_mult (int), out_mult (int)]"
-        ) from None
-    if not blocks:
-        raise ConfigError("BigGAN config layers is empty; it needs at least one [upsample, in_mult, out_mult] block")
-    ch = int(channel_width)
-    prev = 16
-    for i, (up, a, b) in enumerate(blocks):
-        if a != prev:
-            raise ConfigError(
-                f"BigGAN config layers[{i}] takes {a} x channel_width channels but the previous stage gives {prev}; "
-                "each block's in_mult must equal the previous out_mult (16 for the first block)"
+class Blocks(Kind):
+    """BigGAN-deep's block list: ``[upsample (bool), in_mult (int), out_mult (int)]`` per block."""
+
+    want = "a list of [upsample (bool), in_mult (int), out_mult (int)] blocks"
+
+    def __call__(self, where, name, value, example=None):
+        try:
+            blocks = tuple(tuple(b) for b in value)
+        except TypeError:
+            blocks = None
+        if not blocks or any(
+            len(b) != 3 or not isinstance(b[0], (bool, np.bool_))
+            or any(isinstance(m, (bool, np.bool_)) or not isinstance(m, (int, np.integer)) or m < 1 for m in b[1:])
+            for b in blocks
+        ):
+            self.fail(where, name, value, fix="give e.g. [[false, 16, 16], [true, 16, 8], ...] (at least one block)")
+        return tuple((bool(u), int(a), int(b)) for u, a, b in blocks)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BigGANConfig(FamilyConfig):
+    """BigGAN-deep settings: the HuggingFace ``config.json`` fields. ``layers`` lists the
+    blocks (upsample, input and output channel multipliers of ``channel_width``); the self-attention
+    module sits before block ``attention_layer_position``; ``n_stats`` batch-norm statistics
+    rows cover truncations 0..1. :meth:`deep` gives the released models' configs."""
+
+    family: ClassVar[str] = "biggan"
+    output_dim: int = setting(Int(), 128)
+    z_dim: int = setting(Int(), 128)
+    class_embed_dim: int = setting(Int(), 128)  # stored by the original, unused by its model
+    channel_width: int = setting(Int(), 128)
+    num_classes: int = setting(Int(), 1000)
+    layers: tuple = setting(Blocks(), DEEP_128_LAYERS)
+    attention_layer_position: int = setting(Int(lo=0), 8)
+    eps: float = setting(Float(positive=True), 1e-4)
+    n_stats: int = setting(Int(lo=2), 51)
+
+    @classmethod
+    def deep(cls, resolution: int = 128, **changes) -> "BigGANConfig":
+        """The released BigGAN-deep 128, 256 or 512 (``biggan-deep-{resolution}``)."""
+        blocks = {128: DEEP_128_LAYERS, 256: DEEP_256_LAYERS, 512: DEEP_512_LAYERS}
+        if resolution not in blocks:
+            raise ConfigError(f"biggan: BigGAN-deep was released at 128, 256 and 512 px, not {resolution!r}")
+        return cls.from_dict(dict(output_dim=resolution, layers=blocks[resolution]), **changes)
+
+    def check(self):
+        ch, prev = self.channel_width, 16
+        for i, (up, a, b) in enumerate(self.layers):
+            if a != prev:
+                self.fail(
+                    f"layers[{i}] takes {a} x channel_width channels but the previous stage gives {prev}; "
+                    "each block's in_mult must equal the previous out_mult (16 for the first block)"
+                )
+            if b != a and 2 * b != a:
+                self.fail(f"layers[{i}]={[up, a, b]}: out_mult must equal in_mult or be half of it")
+            if (ch * a) % 4:
+                self.fail(f"layers[{i}]: {ch * a} channels are not divisible by 4 (bottleneck width)")
+            prev = b
+        if prev != 1:
+            self.fail(f"layers end with out_mult {prev}; the last block must give 1 x channel_width channels")
+        if ch < 3:
+            self.fail(f"channel_width={ch} is below 3; the RGB head keeps the first 3 channels")
+        ups = sum(u for u, _, _ in self.layers)
+        if 4 * 2**ups != self.output_dim:
+            self.fail(
+                f"output_dim={self.output_dim} does not match the {ups} upsampling blocks in layers "
+                f"(4 * 2^{ups} = {4 * 2**ups})"
             )
-        if b != a and 2 * b != a:
-            raise ConfigError(f"BigGAN config layers[{i}]={[up, a, b]}: out_mult must equal in_mult or be half of it")
-        if (ch * a) % 4:
-            raise ConfigError(f"BigGAN config layers[{i}]: {ch * a} channels are not divisible by 4 (bottleneck width)")
-        prev = b
-    if prev != 1:
-        raise ConfigError(f"BigGAN config layers end with out_mult {prev}; the last block must give 1 x channel_width channels")
-    if ch < 3:
-        raise ConfigError(f"BigGAN config channel_width={ch} is below 3; the RGB head keeps the first 3 channels")
-    ups = sum(u for u, _, _ in blocks)
-    if 4 * 2**ups != output_dim:
-        raise ConfigError(
-            f"BigGAN config output_dim={output_dim} does not match the {ups} upsampling blocks in layers "
-            f"(4 * 2^{ups} = {4 * 2**ups})"
-        )
-    if attention_layer_position < len(blocks):
-        c_att = ch * blocks[attention_layer_position][1]
-        if c_att % 8:
-            raise ConfigError(f"BigGAN self-attention needs channels divisible by 8, got {c_att}")
-    return blocks
+        if self.attention_layer_position < len(self.layers):
+            c_att = ch * self.layers[self.attention_layer_position][1]
+            if c_att % 8:
+                self.fail(f"self-attention needs channels divisible by 8, got {c_att}")
 
 
 # ---- the generator ----------------------------------------------------------------------
@@ -371,64 +367,58 @@ def _check_config(output_dim, z_dim, channel_width, num_classes, layers, attenti
 
 @register_family("biggan")
 class BigGAN(Generator):
-    """BigGAN-deep; the constructor takes the HuggingFace ``config.json`` fields."""
+    """BigGAN-deep (see :class:`BigGANConfig`)."""
 
-    def __init__(
-        self,
-        *,
-        output_dim: int = 128,
-        z_dim: int = 128,
-        class_embed_dim: int = 128,
-        channel_width: int = 128,
-        num_classes: int = 1000,
-        layers=DEEP_128_LAYERS,
-        attention_layer_position: int = 8,
-        eps: float = 1e-4,
-        n_stats: int = 51,
-    ):
-        blocks = _check_config(output_dim, z_dim, channel_width, num_classes, layers, attention_layer_position, eps, n_stats)
-        super().__init__(
-            dict(
-                output_dim=int(output_dim),
-                z_dim=int(z_dim),
-                class_embed_dim=int(class_embed_dim),  # stored by the original, unused by its model
-                channel_width=int(channel_width),
-                num_classes=int(num_classes),
-                layers=[list(b) for b in blocks],
-                attention_layer_position=int(attention_layer_position),
-                eps=float(eps),
-                n_stats=int(n_stats),
-            )
-        )
-        ch, cond_dim = int(channel_width), 2 * int(z_dim)
-        self._z_dim = int(z_dim)
-        self.num_classes = int(num_classes)
-        self.n_stats = int(n_stats)
-        self.stem = _Stem(int(num_classes), int(z_dim), 16 * ch)
+    Config = BigGANConfig
+
+    def __init__(self, config: BigGANConfig | dict | None = None, /, **settings):
+        super().__init__(config, **settings)
+        cfg = self.cfg
+        ch, cond_dim = cfg.channel_width, 2 * cfg.z_dim
+        self.stem = _Stem(cfg.num_classes, cfg.z_dim, 16 * ch)
 
         modules, kinds, shapes = [], [], []
         res = 4
-        for i, (up, a, b) in enumerate(blocks):
-            if i == attention_layer_position:
+        for i, (up, a, b) in enumerate(cfg.layers):
+            if i == cfg.attention_layer_position:
                 modules.append(_SelfAttention(ch * a))
                 kinds.append("attention")
                 shapes.append((res, res, ch * a))
-            modules.append(_GenBlock(ch * a, ch * b, cond_dim, up, n_stats, float(eps)))
+            modules.append(_GenBlock(ch * a, ch * b, cond_dim, up, cfg.n_stats, cfg.eps))
             kinds.append("block")
             res *= 2 if up else 1
             shapes.append((res, res, ch * b))
         self.blocks = nnx.List(modules)
         self.kinds = tuple(kinds)
         self.output_shapes = tuple(shapes)
-        self.head = _Head(ch, int(n_stats), float(eps))
+        self.head = _Head(ch, cfg.n_stats, cfg.eps)
+
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.num_classes
+
+    @property
+    def n_stats(self) -> int:
+        return self.cfg.n_stats
 
     # ---- interface ----------------------------------------------------------------------
     @property
     def z_dim(self) -> int:
-        return self._z_dim
+        return self.cfg.z_dim
 
     def _layer_shapes(self):
         return {l: self.output_shapes[l - 1] for l in range(1, len(self.kinds))}
+
+    def _check_truncation(self, truncation) -> float:
+        return check_truncation(truncation)
+
+    def _first_projection(self, layers):
+        """The part of the stem's linear layer acting on ``z`` (``cond = [z, class embedding]``), the
+        spectrally normalised ``gen_z`` weight's first ``z_dim`` columns, ``[4 * 4 * 16 * C, z_dim]``
+        exactly as the original's ``weight[:, :z_dim]`` (rows in (row, column, channel) order)."""
+        if layers is not None:
+            raise ConfigError(f"biggan's first projection is its z projection; give layers=None, not {layers!r}")
+        return self.stem.gen_z.kernel[...][: self.z_dim].T
 
     def _inputs(self, lat):
         """``(z [N, z_dim], classes [N, num_classes])`` float32, or a ConfigError."""
@@ -446,8 +436,8 @@ class BigGAN(Generator):
             )
         z = jnp.asarray(lat.z)
         c = jnp.asarray(lat.classes)
-        if z.ndim != 2 or z.shape[1] != self._z_dim:
-            raise ConfigError(f"z has shape {tuple(z.shape)}; this BigGAN expects [N, {self._z_dim}]")
+        if z.ndim != 2 or z.shape[1] != self.z_dim:
+            raise ConfigError(f"z has shape {tuple(z.shape)}; this BigGAN expects [N, {self.z_dim}]")
         if c.ndim == 1 and jnp.issubdtype(c.dtype, jnp.integer):
             c = jax.nn.one_hot(c, self.num_classes, dtype=jnp.float32)
         if c.shape != (z.shape[0], self.num_classes):
@@ -455,7 +445,7 @@ class BigGAN(Generator):
                 f"classes have shape {tuple(c.shape)}; expected [N, {self.num_classes}] class vectors "
                 f"(or [N] integer class indices) for the {z.shape[0]} latents"
             )
-        return z.astype(jnp.float32), c.astype(jnp.float32)
+        return ops.as_float(z), ops.as_float(c)
 
     def bn_ctx(self, truncation: float, n: int):
         """``(bn_rows int32 [n, 2], bn_weights float32 [n, 2])`` for ``truncation`` (host-side, float64)."""
@@ -465,52 +455,45 @@ class BigGAN(Generator):
             np.broadcast_to(np.asarray(weights, np.float32), (n, 2)).copy(),
         )
 
-    def _forward(self, z, classes, rows, weights, stop: int, call=_direct):
-        """``(x, cond)`` after ``blocks[:stop]``."""
-        x, cond = call(self.stem, z, classes)
-        return self._resume(x, 0, stop, cond, rows, weights, call), cond
+    # Every forward runs ``call(stage_module, *inputs)`` per stage: ``_direct`` inside one
+    # program (the pure methods), ``stage`` one compiled program per stage (the public ones).
+    def _start(self, lat, truncation: float, call):
+        """The stem's output and ``ctx`` (the cond vector and the statistics selection)."""
+        z, c = self._inputs(lat)
+        rows, weights = (jnp.asarray(a) for a in self.bn_ctx(truncation, z.shape[0]))
+        x, cond = call(self.stem, z, c)
+        return x, {"cond": cond, "bn_rows": rows, "bn_weights": weights}
 
-    def _resume(self, x, start: int, stop: int, cond, rows, weights, call=_direct):
+    def _blocks(self, x, start: int, stop: int, ctx: dict, call):
         for i in range(start, stop):
-            x = call(self.blocks[i], x, cond, rows, weights)
+            x = call(self.blocks[i], x, ctx["cond"], ctx["bn_rows"], ctx["bn_weights"])
         return x
 
-    def _ctx(self, cond, rows, weights):
-        return {"cond": cond, "bn_rows": rows, "bn_weights": weights}
+    def _finish(self, x, start: int, ctx: dict, call):
+        """The image from the blocks from ``start`` on and the head."""
+        x = self._blocks(x, start, len(self.kinds), ctx, call)
+        return call(self.head, x, ctx["bn_rows"], ctx["bn_weights"])
 
-    # Generator contract (one program per call; the public methods below run stage by stage).
+    # Generator contract (one program per call).
     def _features(self, lat, layer, truncation):
-        z, c = self._inputs(lat)
-        rows, weights = (jnp.asarray(a) for a in self.bn_ctx(truncation, z.shape[0]))
-        x, cond = self._forward(z, c, rows, weights, layer)
-        return x, self._ctx(cond, rows, weights)
-
-    def _generate(self, lat, truncation):
-        z, c = self._inputs(lat)
-        rows, weights = (jnp.asarray(a) for a in self.bn_ctx(truncation, z.shape[0]))
-        x, _ = self._forward(z, c, rows, weights, len(self.kinds))
-        return self.head(x, rows, weights)
+        x, ctx = self._start(lat, truncation, _direct)
+        return self._blocks(x, 0, layer, ctx, _direct), ctx
 
     def _render(self, Z, layer, ctx):
-        x = self._resume(Z, layer, len(self.kinds), ctx["cond"], ctx["bn_rows"], ctx["bn_weights"])
-        return self.head(x, ctx["bn_rows"], ctx["bn_weights"])
+        return self._finish(Z, layer, ctx, _direct)
 
     # ---- public API (truncation resolved on the host, so one compilation serves all) ----
     def features(self, lat, layer: int, truncation: float = 1.0):
         """``(Z, ctx)``: ``Z`` ``[N, H, W, C]`` at ``layer``; ``ctx`` holds the cond vector and the
         batch-norm statistics selection for ``truncation``."""
         layer = self.check_layer(layer)
-        z, c = self._inputs(lat)
-        rows, weights = (jnp.asarray(a) for a in self.bn_ctx(truncation, z.shape[0]))
-        x, cond = self._forward(z, c, rows, weights, layer, _staged)
-        return x, self._ctx(cond, rows, weights)
+        x, ctx = self._start(lat, truncation, stage)
+        return self._blocks(x, 0, layer, ctx, stage), ctx
 
     def generate(self, lat, truncation: float = 1.0):
         """The image ``[N, H, W, 3]`` in [-1, 1]."""
-        z, c = self._inputs(lat)
-        rows, weights = (jnp.asarray(a) for a in self.bn_ctx(truncation, z.shape[0]))
-        x, _ = self._forward(z, c, rows, weights, len(self.kinds), _staged)
-        return _staged(self.head, x, rows, weights)
+        x, ctx = self._start(lat, truncation, stage)
+        return self._finish(x, 0, ctx, stage)
 
     def render(self, Z, layer: int, ctx: dict):
         """The image from resuming at ``layer`` with (possibly edited) ``Z`` and the ``ctx`` that
@@ -529,9 +512,7 @@ class BigGAN(Generator):
                 f"Z has shape {tuple(Z.shape)}; layer {layer} of this BigGAN takes [{n}, {want[0]}, {want[1]}, {want[2]}] "
                 "(NHWC, as G.features returns it)"
             )
-        rows, weights = ctx["bn_rows"], ctx["bn_weights"]
-        x = self._resume(Z, layer, len(self.kinds), ctx["cond"], rows, weights, _staged)
-        return _staged(self.head, x, rows, weights)
+        return self._finish(Z, layer, ctx, stage)
 
     def sample_latents(self, key, n: int, classes=None, truncation: float = 1.0) -> Latents:
         """``Latents(z, one_hot_classes)``: ``z`` truncated normal in [-2, 2] times ``truncation``
@@ -542,7 +523,7 @@ class BigGAN(Generator):
         n = int(n)
         t = check_truncation(truncation)
         idx = None if classes is None else jnp.asarray(class_indices(classes, n, self.num_classes))
-        return _draw(key, n, self._z_dim, self.num_classes, np.float32(t), idx)
+        return _draw(key, n, self.z_dim, self.num_classes, np.float32(t), idx)
 
 
 @partial(jax.jit, static_argnums=(1, 2, 3))
@@ -552,107 +533,3 @@ def _draw(key, n, z_dim, num_classes, truncation, idx):
     if idx is None:
         idx = jax.random.randint(kc, (n,), 0, num_classes)
     return Latents(z, jax.nn.one_hot(idx, num_classes, dtype=jnp.float32))
-
-
-# ---- ImageNet class names ---------------------------------------------------------------
-
-
-def _norm(name: str) -> str:
-    return " ".join(name.replace("_", " ").lower().split())
-
-
-@lru_cache(maxsize=1)
-def imagenet_classes() -> tuple[tuple[str, tuple[str, ...]], ...]:
-    """``((wordnet_id, (name, synonyms...)), ...)`` for the 1000 ImageNet classes, in index order."""
-    text = resources.files("ported_gens").joinpath("imagenet_classes.txt").read_text(encoding="utf-8")
-    out = []
-    for line in text.splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        idx, wnid, names = line.split("\t")
-        assert int(idx) == len(out), "imagenet_classes.txt is out of order"
-        out.append((wnid, tuple(s.strip() for s in names.split(","))))
-    return tuple(out)
-
-
-@lru_cache(maxsize=1)
-def _name_table():
-    table: dict[str, list[tuple[int, bool]]] = {}
-    for i, (wnid, names) in enumerate(imagenet_classes()):
-        table.setdefault(wnid.lower(), []).append((i, True))
-        for j, name in enumerate(names):
-            table.setdefault(_norm(name), []).append((i, j == 0))
-    return table
-
-
-def _describe(i: int) -> str:
-    return f"{imagenet_classes()[i][1][0]!r} ({i})"
-
-
-def class_index(name: str) -> int:
-    """The ImageNet class index of a class name, synonym or WordNet id (case-insensitive,
-    ``_`` = space). Unknown or ambiguous names raise a ConfigError listing candidates."""
-    key = _norm(name)
-    hits = _name_table().get(key, [])
-    primary = sorted({i for i, main in hits if main})
-    cands = primary or sorted({i for i, _ in hits})
-    if len(cands) == 1:
-        return cands[0]
-    if cands:
-        raise ConfigError(
-            f"ImageNet class name {name!r} is ambiguous: " + ", ".join(_describe(i) for i in cands)
-            + "; pass the class index instead"
-        )
-    table = _name_table()
-    names = [k for k in table if not (k.startswith("n") and k[1:].isdigit())]
-    close = difflib.get_close_matches(key, names, n=6, cutoff=0.6)
-    words = set(key.split())
-    close += [k for k in names if words and words <= set(k.replace("-", " ").split()) and k not in close]
-    seen, listed = set(), []
-    for k in close:
-        for i, _ in table[k]:
-            if i not in seen:
-                seen.add(i)
-                listed.append(f"{k!r} ({i})")
-    hint = ("; close matches: " + ", ".join(listed[:12])) if listed else ""
-    raise ConfigError(
-        f"unknown ImageNet class name {name!r}{hint}; pass one of these names, a WordNet id such as "
-        "'n02119022', or a class index 0..999"
-    )
-
-
-def class_indices(classes, n: int, num_classes: int = 1000) -> np.ndarray:
-    """``classes`` (an index, a name, or a sequence/array of them, one or ``n``) -> int32 ``[n]``."""
-    if isinstance(classes, (str, int, np.integer)) and not isinstance(classes, bool):
-        items = [classes]
-    elif isinstance(classes, (list, tuple)):
-        items = list(classes)
-    elif isinstance(classes, (np.ndarray, jax.Array)) and np.ndim(classes) <= 1:
-        arr = np.asarray(classes)
-        if not np.issubdtype(arr.dtype, np.integer):
-            raise ConfigError(f"class indices must be integers, got an array of {arr.dtype}")
-        items = [int(v) for v in np.atleast_1d(arr)]
-    else:
-        raise ConfigError(
-            f"classes={classes!r} is not understood; give a class index, an ImageNet class name, "
-            "or a list of them (one, or one per sample)"
-        )
-    if len(items) == 1:
-        items = items * n
-    if len(items) != n:
-        raise ConfigError(f"{len(items)} classes given for {n} samples; give one class or one per sample")
-    out = []
-    for c in items:
-        if isinstance(c, str):
-            if num_classes != 1000:
-                raise ConfigError(
-                    f"class names are ImageNet's 1000 classes but this model has {num_classes} classes; pass indices"
-                )
-            out.append(class_index(c))
-        elif isinstance(c, (int, np.integer)) and not isinstance(c, bool):
-            if not 0 <= int(c) < num_classes:
-                raise ConfigError(f"class index {int(c)} is outside 0..{num_classes - 1}")
-            out.append(int(c))
-        else:
-            raise ConfigError(f"class {c!r} is neither an index nor a class name")
-    return np.asarray(out, np.int32)

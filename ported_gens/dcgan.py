@@ -21,8 +21,10 @@ whose input is 1x1, is a plain matmul.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -30,13 +32,13 @@ from flax import nnx
 
 from panda_jax.errors import CheckpointError, ConfigError
 
+from . import ops
 from .base import Buffer, Generator, Latents, register_family
+from .config import FamilyConfig, Int, setting
 
 DEFAULT_PACKAGE = "gan-face-generate"
 DEFAULT_MODULE = "gan_face_generate"
 DEFAULT_FILE = "weights.tar"
-
-_DIMS = ("NHWC", "HWIO", "NHWC")
 
 
 def default_checkpoint() -> str:
@@ -66,8 +68,8 @@ class BatchNorm(nnx.Module):
 
     def __init__(self, n: int, eps: float = 1e-5):
         self.scale = nnx.Param(jnp.ones((n,), jnp.float32))
-        self.bias = nnx.Param(jnp.zeros((n,), jnp.float32))
-        self.mean = Buffer(jnp.zeros((n,), jnp.float32))
+        self.bias = nnx.Param(ops.zeros(n))
+        self.mean = Buffer(ops.zeros(n))
         self.var = Buffer(jnp.ones((n,), jnp.float32))
         self.eps = float(eps)
 
@@ -83,7 +85,7 @@ class Project(nnx.Module):
     """
 
     def __init__(self, c_in: int, c_out: int, k: int = 4):
-        self.kernel = nnx.Param(jnp.zeros((c_in, k, k, c_out), jnp.float32))
+        self.kernel = nnx.Param(ops.zeros(c_in, k, k, c_out))
 
     def __call__(self, z):
         return jnp.einsum("nc,chwo->nhwo", z, self.kernel[...])
@@ -97,12 +99,12 @@ class UpConv(nnx.Module):
     """
 
     def __init__(self, c_in: int, c_out: int):
-        self.kernel = nnx.Param(jnp.zeros((4, 4, c_in, c_out), jnp.float32))
+        self.kernel = nnx.Param(ops.zeros(4, 4, c_in, c_out))
 
     def __call__(self, x):
         return jax.lax.conv_general_dilated(
             x, self.kernel[...], window_strides=(1, 1), padding=((2, 2), (2, 2)), lhs_dilation=(2, 2),
-            dimension_numbers=_DIMS,
+            dimension_numbers=ops.DN,
         )
 
 
@@ -111,39 +113,65 @@ def widths(ngf: int, blocks: int) -> list[int]:
     return [ngf * 2 ** (blocks - l) for l in range(1, blocks + 1)]
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DCGANConfig(FamilyConfig):
+    """The DCGAN-tutorial generator's settings (the PyTorch tutorial's names): ``nz`` latent size,
+    ``ngf`` base width, ``nc`` image channels, ``blocks`` up-sampling blocks (the image is
+    ``4 * 2**blocks`` pixels square). The defaults are the embedded 64 px faces model's."""
+
+    family: ClassVar[str] = "dcgan"
+    nz: int = setting(Int(), 100)
+    ngf: int = setting(Int(), 64)
+    nc: int = setting(Int(), 3)
+    blocks: int = setting(Int(), 4)
+
+    @classmethod
+    def faces64(cls) -> "DCGANConfig":
+        """The embedded faces model (``dcgan_faces64``)."""
+        return cls()
+
+    @property
+    def widths(self) -> list[int]:
+        return widths(self.ngf, self.blocks)
+
+
 @register_family("dcgan")
 class DCGAN(Generator):
-    """The DCGAN-tutorial generator (``nz`` latent size, ``ngf`` base width, ``nc`` image
-    channels, ``blocks`` up-sampling blocks; the image is ``4 * 2**blocks`` pixels square).
+    """The DCGAN-tutorial generator (see :class:`DCGANConfig`).
 
     ``truncation`` scales ``z`` towards its mean (zero): ``z * truncation``.
     """
 
-    def __init__(self, nz: int = 100, ngf: int = 64, nc: int = 3, blocks: int = 4):
-        for name, v in (("nz", nz), ("ngf", ngf), ("nc", nc), ("blocks", blocks)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"DCGAN {name} must be a positive integer; got {v!r}")
-        super().__init__({"nz": nz, "ngf": ngf, "nc": nc, "blocks": blocks})
-        self.nz, self.ngf, self.nc, self.n_blocks = nz, ngf, nc, blocks
-        w = widths(ngf, blocks)
-        self.convs = nnx.List([Project(nz, w[0])] + [UpConv(w[i - 1], w[i]) for i in range(1, blocks)])
+    Config = DCGANConfig
+
+    def __init__(self, config: DCGANConfig | dict | None = None, /, **settings):
+        super().__init__(config, **settings)
+        w = self.cfg.widths
+        self.convs = nnx.List([Project(self.cfg.nz, w[0])] + [UpConv(w[i - 1], w[i]) for i in range(1, len(w))])
         self.norms = nnx.List([BatchNorm(c) for c in w])
-        self.out = UpConv(w[-1], nc)
+        self.out = UpConv(w[-1], self.cfg.nc)
 
     # ---- the Generator interface ---------------------------------------------------------
     def _layer_shapes(self):
-        w = widths(self.ngf, self.n_blocks)
-        return {l: (4 * 2 ** (l - 1), 4 * 2 ** (l - 1), w[l - 1]) for l in range(1, self.n_blocks + 1)}
+        w = self.cfg.widths
+        return {l: (4 * 2 ** (l - 1), 4 * 2 ** (l - 1), w[l - 1]) for l in range(1, self.cfg.blocks + 1)}
 
     @property
     def z_dim(self) -> int:
-        return self.nz
+        return self.cfg.nz
+
+    def _first_projection(self, layers):
+        """The first transposed convolution's kernel ``[nz, 4, 4, C]`` as ``[4 * 4 * C, nz]`` (rows
+        in (row, column, channel) order): genforce/sefa's first-layer weight for a z-space GAN."""
+        if layers is not None:
+            raise ConfigError(f"dcgan's first projection is its first layer; give layers=None, not {layers!r}")
+        return self.convs[0].kernel[...].reshape(self.cfg.nz, -1).T
 
     def _block(self, i: int, x):
         return jax.nn.relu(self.norms[i](self.convs[i](x)))
 
     def _features(self, lat: Latents, layer: int, truncation: float):
-        x = lat.z.astype(jnp.float32)
+        x = ops.as_float(lat.z)
         if truncation != 1.0:
             x = x * truncation
         for i in range(layer):
@@ -152,6 +180,6 @@ class DCGAN(Generator):
 
     def _render(self, Z, layer: int, ctx: dict):
         x = Z
-        for i in range(layer, self.n_blocks):
+        for i in range(layer, self.cfg.blocks):
             x = self._block(i, x)
         return jnp.tanh(self.out(x))

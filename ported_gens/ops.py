@@ -1,4 +1,5 @@
-"""Shared layers of the style-based and progressive generators, pure ``jax.numpy`` (NHWC).
+"""Array operations and layers the ported generators share, pure ``jax.numpy`` (NHWC); the
+equalised-learning-rate layers are the style-based and progressive generators'.
 
 Weights are kept in JAX layouts: dense ``[in, out]``, convolution ``[kh, kw, in, out]`` (HWIO).
 Equalised learning rate (Karras et al.): a layer stores its unscaled weight and multiplies it by
@@ -6,6 +7,8 @@ Equalised learning rate (Karras et al.): a layer stores its unscaled weight and 
 
 Functions:
 
+- :func:`row`, :func:`per_sample`: explicit broadcasts of ``[C]`` and ``[N, C]`` against NHWC
+  (implicit rank promotion is an error in the tests); :func:`zeros`; :func:`as_float`; :data:`DN`
 - :func:`lrelu`, :func:`pixel_norm`, :func:`instance_norm`, :func:`normalize_2nd_moment`
 - :func:`conv2d` (stride 1, explicit padding), :func:`upsample_nearest`
 - :func:`upfirdn2d`: zero-insertion upsampling, padding (negative crops), FIR filtering (a true
@@ -41,11 +44,19 @@ from .base import Buffer
 
 SQRT2 = math.sqrt(2.0)
 LRELU_SLOPE = 0.2
-_DN = ("NHWC", "HWIO", "NHWC")
+DN = ("NHWC", "HWIO", "NHWC")  # convolution dimension numbers: NHWC activations, HWIO kernels
 
 
-def _zeros(*shape):
+def zeros(*shape):
+    """float32 zeros of ``shape`` (placeholder parameters; converters fill them)."""
     return jnp.zeros(shape, jnp.float32)
+
+
+def as_float(x):
+    """``x`` as a float array of at least single precision: float32, or float64 when it already
+    is (under ``jax_enable_x64``, so a generator can run in double precision)."""
+    x = jnp.asarray(x)
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def row(v):
@@ -90,7 +101,7 @@ def conv2d(x, w, padding: int | Sequence[tuple[int, int]] = 0):
     """Stride-1 cross-correlation (PyTorch ``conv2d``): ``x [N,H,W,I]``, ``w [kh,kw,I,O]``."""
     if isinstance(padding, int):
         padding = ((padding, padding), (padding, padding))
-    return jax.lax.conv_general_dilated(x, w, (1, 1), tuple(padding), dimension_numbers=_DN)
+    return jax.lax.conv_general_dilated(x, w, (1, 1), tuple(padding), dimension_numbers=DN)
 
 
 def upsample_nearest(x, factor: int = 2):
@@ -180,7 +191,7 @@ def conv_transpose2d(x, w, stride: int = 2, padding: int = 0, impl: str = "phase
     if impl == "dilate":
         q = k - 1 - padding
         return jax.lax.conv_general_dilated(
-            x, w[::-1, ::-1], (1, 1), ((q, q), (q, q)), lhs_dilation=(stride, stride), dimension_numbers=_DN
+            x, w[::-1, ::-1], (1, 1), ((q, q), (q, q)), lhs_dilation=(stride, stride), dimension_numbers=DN
         )
     if impl != "phase":
         raise ValueError(f"impl must be 'phase' or 'dilate', got {impl!r}")
@@ -259,8 +270,8 @@ class EqualDense(nnx.Module):
     + b * lr_mul``. ``weight [in, out]``, ``bias [out]``."""
 
     def __init__(self, in_dim: int, out_dim: int, *, gain: float = 1.0, lr_mul: float = 1.0, bias: bool = True):
-        self.weight = nnx.Param(_zeros(in_dim, out_dim))
-        self.bias = nnx.Param(_zeros(out_dim)) if bias else None
+        self.weight = nnx.Param(zeros(in_dim, out_dim))
+        self.bias = nnx.Param(zeros(out_dim)) if bias else None
         self.wscale = float(gain / math.sqrt(in_dim) * lr_mul)
         self.bscale = float(lr_mul)
 
@@ -276,8 +287,8 @@ class EqualConv(nnx.Module):
     The caller picks the convolution (``conv2d``, ``conv_transpose2d``, ...) on ``scaled()``."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, *, gain: float = 1.0, lr_mul: float = 1.0, bias: bool = True):
-        self.weight = nnx.Param(_zeros(kernel, kernel, in_ch, out_ch))
-        self.bias = nnx.Param(_zeros(out_ch)) if bias else None
+        self.weight = nnx.Param(zeros(kernel, kernel, in_ch, out_ch))
+        self.bias = nnx.Param(zeros(out_ch)) if bias else None
         self.wscale = float(gain / math.sqrt(kernel * kernel * in_ch) * lr_mul)
         self.bscale = float(lr_mul)
         self.kernel = int(kernel)
@@ -350,13 +361,13 @@ class ModulatedConv(nnx.Module):
         activation: str = "lrelu",
         conv_clamp: float | None = None,
     ):
-        self.weight = nnx.Param(_zeros(kernel, kernel, in_ch, out_ch))
-        self.bias = nnx.Param(_zeros(out_ch))
+        self.weight = nnx.Param(zeros(kernel, kernel, in_ch, out_ch))
+        self.bias = nnx.Param(zeros(out_ch))
         self.style = EqualDense(w_dim, in_ch)
         self.use_noise = bool(noise)
         if noise:
-            self.noise = Buffer(_zeros(1, resolution, resolution, 1))
-            self.noise_strength = nnx.Param(_zeros())
+            self.noise = Buffer(zeros(1, resolution, resolution, 1))
+            self.noise_strength = nnx.Param(zeros())
         self.wscale = float(1.0 / math.sqrt(kernel * kernel * in_ch))
         self.up = int(up)
         self.demodulate = bool(demodulate)

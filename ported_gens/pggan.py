@@ -20,7 +20,8 @@ no truncation.
 
 from __future__ import annotations
 
-import math
+import dataclasses
+from typing import ClassVar
 
 import jax.numpy as jnp
 from flax import nnx
@@ -28,72 +29,69 @@ from flax import nnx
 from panda_jax.errors import ConfigError
 
 from . import ops
-from .base import Generator, as_latents, register_family
-from .stylegan2 import channels, check_resolution
+from .base import Generator, as_latents, check_truncation, register_family
+from .config import Flag, setting
+from .genforce_common import GenforceConfig
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PGGANConfig(GenforceConfig):
+    """genforce's ``PGGANGenerator`` settings; the defaults are the official models' (only
+    ``resolution`` differs between them)."""
+
+    family: ClassVar[str] = "pggan"
+    fused_scale: bool = setting(Flag(), False)
 
 
 @register_family("pggan")
 class PGGAN(Generator):
     """genforce's ``PGGANGenerator`` (``lod = 0``) behind the Generator interface."""
 
-    def __init__(
-        self,
-        resolution: int,
-        z_dim: int = 512,
-        fmaps_base: int = 16 << 10,
-        fmaps_max: int = 512,
-        fused_scale: bool = False,
-        image_channels: int = 3,
-        final_tanh: bool = False,
-    ):
-        resolution = check_resolution("pggan", resolution)
-        if int(z_dim) < 1:
-            raise ConfigError(f"pggan: z_dim = {z_dim!r} must be a positive integer")
-        if channels(resolution, fmaps_base, fmaps_max) < 1:
-            raise ConfigError(f"pggan: fmaps_base {fmaps_base} / fmaps_max {fmaps_max} leave no channels at {resolution} px")
-        super().__init__(
-            dict(
-                resolution=resolution,
-                z_dim=int(z_dim),
-                fmaps_base=int(fmaps_base),
-                fmaps_max=int(fmaps_max),
-                fused_scale=bool(fused_scale),
-                image_channels=int(image_channels),
-                final_tanh=bool(final_tanh),
-            )
-        )
-        self.resolution = resolution
-        self._z = int(z_dim)
-        self.fused_scale = bool(fused_scale)
-        self.final_tanh = bool(final_tanh)
+    Config = PGGANConfig
+
+    def __init__(self, config: PGGANConfig | dict | None = None, /, **settings):
+        super().__init__(config, **settings)
+        cfg = self.cfg
         self.impl = "phase"
-        self.final_log2 = int(math.log2(resolution))
-        nf = lambda r: channels(r, fmaps_base, fmaps_max)  # noqa: E731
-        gain = ops.SQRT2
-        convs = [ops.EqualConv(self._z, nf(4), 4, gain=gain), ops.EqualConv(nf(4), nf(4), 3, gain=gain)]
+        nf, gain = cfg.nf, ops.SQRT2
+        convs = [ops.EqualConv(cfg.z_dim, nf(4), 4, gain=gain), ops.EqualConv(nf(4), nf(4), 3, gain=gain)]
         shapes = {}
-        for r in range(3, self.final_log2 + 1):
+        for r in range(3, cfg.log2 + 1):
             res = 2**r
             shapes[r] = (res // 2, res // 2, nf(res // 2))
             convs.append(ops.EqualConv(nf(res // 2), nf(res), 3, gain=gain))
             convs.append(ops.EqualConv(nf(res), nf(res), 3, gain=gain))
         self.convs = nnx.List(convs)
-        self.torgb = ops.EqualConv(nf(resolution), int(image_channels), 1, gain=1.0)
+        self.torgb = ops.EqualConv(nf(cfg.resolution), cfg.image_channels, 1, gain=1.0)
         self._shapes = tuple(sorted(shapes.items()))
 
     @property
     def z_dim(self) -> int:
-        return self._z
+        return self.cfg.z_dim
 
     def _layer_shapes(self):
         return dict(self._shapes)
+
+    def _check_truncation(self, truncation) -> float:
+        if check_truncation(self.family, truncation) != 1.0:
+            raise ConfigError(f"pggan has no truncation; got truncation={truncation!r}, use 1.0")
+        return 1.0
+
+    def _first_projection(self, layers):
+        """genforce/sefa's PGGAN weight: the first conv (4x4 kernel on the 1x1 pixel-normalised z),
+        stored weight ``[4, 4, z_dim, C]`` flipped in space, as ``[C * 4 * 4, z_dim]`` with the rows
+        in sefa's (channel, row, column) order."""
+        if layers is not None:
+            raise ConfigError(f"pggan's first projection is its first layer; give layers=None, not {layers!r}")
+        w = self.convs[0].weight[...][::-1, ::-1]  # [kh, kw, z, C]
+        return jnp.transpose(w, (3, 0, 1, 2)).reshape(-1, self.z_dim)
 
     def _conv(self, i: int, x):
         conv = self.convs[i]
         x = ops.pixel_norm(x)
         if i == 0:
             y = conv(x, padding=3)  # 1x1 input, 4x4 kernel -> 4x4
-        elif i % 2 == 0 and self.fused_scale:
+        elif i % 2 == 0 and self.cfg.fused_scale:
             w = jnp.pad(conv.scaled(), ((1, 1), (1, 1), (0, 0), (0, 0)))
             w = w[1:, 1:] + w[:-1, 1:] + w[1:, :-1] + w[:-1, :-1]
             y = conv.add_bias(ops.conv_transpose2d(x, w, stride=2, padding=1, impl=self.impl))
@@ -111,19 +109,14 @@ class PGGAN(Generator):
         return x
 
     def _features(self, lat, layer: int, truncation: float):
-        if float(truncation) != 1.0:
-            raise ConfigError(f"pggan has no truncation; got truncation={truncation!r}, use 1.0")
+        self._check_truncation(truncation)
         z = as_latents(lat).z
-        if z.ndim != 2 or z.shape[1] != self._z:
-            raise ConfigError(f"pggan: z has shape {tuple(z.shape)}; expected [N, {self._z}]")
-        x = ops.pixel_norm(z).reshape(z.shape[0], 1, 1, self._z)
+        if z.ndim != 2 or z.shape[1] != self.z_dim:
+            raise ConfigError(f"pggan: z has shape {tuple(z.shape)}; expected [N, {self.z_dim}]")
+        x = ops.pixel_norm(z).reshape(z.shape[0], 1, 1, self.z_dim)
         return self._blocks(x, 2, layer), {}
 
     def _render(self, Z, layer: int, ctx: dict):
-        x = self._blocks(Z, layer, self.final_log2 + 1)
+        x = self._blocks(Z, layer, self.cfg.log2 + 1)
         img = self.torgb(ops.pixel_norm(x))
-        return jnp.tanh(img) if self.final_tanh else img
-
-    def _generate(self, lat, truncation: float):
-        Z, ctx = self._features(lat, 3, truncation)
-        return self._render(Z, 3, ctx)
+        return jnp.tanh(img) if self.cfg.final_tanh else img

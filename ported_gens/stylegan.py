@@ -21,23 +21,41 @@ block at resolution ``2^(l-1)`` (genforce ``synthesis.layer{2l-5}``), ``l = 3 ..
 Truncation: ``features(lat, l, truncation=psi)`` moves the first ``G.trunc_layers`` rows of
 ``wp`` (default 18, PandA's) towards ``w_avg`` (genforce's rule); ``G.trunc_layers`` is a plain
 attribute, settable after loading.
+
+W space (see :class:`~ported_gens.base.StyleGenerator`): row ``i`` of w+ drives ``convs[i]``
+(genforce's ``layer{i}``, ``i = 0`` the const layer), whose style affine
+``first_projection_weights`` returns for that row.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
+from typing import ClassVar
 
 import jax.numpy as jnp
 from flax import nnx
 
-from panda_jax.errors import ConfigError
-
 from . import ops
-from .base import Buffer, Generator, as_latents, register_family
-from .stylegan2 import DEFAULT_TRUNC_LAYERS, channels, check_resolution, check_truncation
+from .base import Buffer, StyleGenerator, register_family
+from .config import Choice, setting
+from .genforce_common import DEFAULT_TRUNC_LAYERS, GenforceStyleConfig, truncate_genforce
 
 AUTO_FUSED_MIN_RES = 128
 BLUR_121 = ops.setup_filter([1, 2, 1])
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StyleGANConfig(GenforceStyleConfig):
+    """genforce's ``StyleGANGenerator`` settings; the defaults are the official models' (only
+    ``resolution`` differs between them). ``fused_scale``: ``"auto"`` (fused from 128 px on),
+    ``True`` or ``False``."""
+
+    family: ClassVar[str] = "stylegan"
+    fused_scale: bool | str = setting(Choice(True, False, "auto"), "auto")
+
+    def fused_at(self, res: int) -> bool:
+        """Whether the block at ``res`` upsamples with the fused transposed convolution."""
+        return res >= AUTO_FUSED_MIN_RES if self.fused_scale == "auto" else bool(self.fused_scale)
 
 
 class StyleLayer(nnx.Module):
@@ -50,9 +68,9 @@ class StyleLayer(nnx.Module):
         self.fused = bool(fused)
         if conv:
             self.conv = ops.EqualConv(in_ch, out_ch, 3, gain=ops.SQRT2, bias=False)
-        self.bias = nnx.Param(jnp.zeros((out_ch,), jnp.float32))
-        self.noise_weight = nnx.Param(jnp.zeros((out_ch,), jnp.float32))
-        self.noise = Buffer(jnp.zeros((1, resolution, resolution, 1), jnp.float32))
+        self.bias = nnx.Param(ops.zeros(out_ch))
+        self.noise_weight = nnx.Param(ops.zeros(out_ch))
+        self.noise = Buffer(ops.zeros(1, resolution, resolution, 1))
         self.style = ops.EqualDense(w_dim, 2 * out_ch, gain=1.0)
         self.out_ch = int(out_ch)
 
@@ -78,93 +96,46 @@ class StyleLayer(nnx.Module):
 
 
 @register_family("stylegan")
-class StyleGAN(Generator):
+class StyleGAN(StyleGenerator):
     """genforce's ``StyleGANGenerator`` (``lod = 0``) behind the Generator interface."""
 
-    def __init__(
-        self,
-        resolution: int,
-        z_dim: int = 512,
-        w_dim: int = 512,
-        mapping_layers: int = 8,
-        mapping_fmaps: int = 512,
-        mapping_lr_mul: float = 0.01,
-        fmaps_base: int = 16 << 10,
-        fmaps_max: int = 512,
-        fused_scale: str | bool = "auto",
-        image_channels: int = 3,
-        final_tanh: bool = False,
-    ):
-        resolution = check_resolution("stylegan", resolution)
-        if fused_scale not in (True, False, "auto"):
-            raise ConfigError(f"stylegan: fused_scale {fused_scale!r} must be true, false or \"auto\"")
-        for name, v in (("z_dim", z_dim), ("w_dim", w_dim), ("mapping_layers", mapping_layers), ("mapping_fmaps", mapping_fmaps)):
-            if int(v) < 1:
-                raise ConfigError(f"stylegan: {name} = {v!r} must be a positive integer")
-        if channels(resolution, fmaps_base, fmaps_max) < 1:
-            raise ConfigError(f"stylegan: fmaps_base {fmaps_base} / fmaps_max {fmaps_max} leave no channels at {resolution} px")
-        super().__init__(
-            dict(
-                resolution=resolution,
-                z_dim=int(z_dim),
-                w_dim=int(w_dim),
-                mapping_layers=int(mapping_layers),
-                mapping_fmaps=int(mapping_fmaps),
-                mapping_lr_mul=float(mapping_lr_mul),
-                fmaps_base=int(fmaps_base),
-                fmaps_max=int(fmaps_max),
-                fused_scale=fused_scale,
-                image_channels=int(image_channels),
-                final_tanh=bool(final_tanh),
-            )
-        )
-        self.resolution = resolution
-        self._z = int(z_dim)
-        self.w_dim = int(w_dim)
-        self.final_tanh = bool(final_tanh)
+    Config = StyleGANConfig
+
+    def __init__(self, config: StyleGANConfig | dict | None = None, /, **settings):
+        super().__init__(config, **settings)
+        cfg = self.cfg
         self.trunc_layers = DEFAULT_TRUNC_LAYERS
         self.impl = "phase"
-        self.final_log2 = int(math.log2(resolution))
-        self.num_ws = 2 * self.final_log2 - 2
-        nf = lambda r: channels(r, fmaps_base, fmaps_max)  # noqa: E731
+        nf, w_dim = cfg.nf, cfg.w_dim
 
         self.mapping = ops.MappingNetwork(
-            self._z, self.w_dim, int(mapping_fmaps), int(mapping_layers),
-            lr_mul=float(mapping_lr_mul), gain=ops.SQRT2, act_gain=1.0,
+            cfg.z_dim, w_dim, cfg.mapping_fmaps, cfg.mapping_layers,
+            lr_mul=cfg.mapping_lr_mul, gain=ops.SQRT2, act_gain=1.0,
         )
-        self.w_avg = Buffer(jnp.zeros((self.w_dim,), jnp.float32))
-        self.const = nnx.Param(jnp.zeros((1, 4, 4, nf(4)), jnp.float32))
+        self.w_avg = Buffer(ops.zeros(w_dim))
+        self.const = nnx.Param(ops.zeros(1, 4, 4, nf(4)))
         layers = [
-            StyleLayer(nf(4), nf(4), self.w_dim, 4, conv=False, up=False, fused=False),
-            StyleLayer(nf(4), nf(4), self.w_dim, 4, conv=True, up=False, fused=False),
+            StyleLayer(nf(4), nf(4), w_dim, 4, conv=False, up=False, fused=False),
+            StyleLayer(nf(4), nf(4), w_dim, 4, conv=True, up=False, fused=False),
         ]
         shapes = {}
-        for r in range(3, self.final_log2 + 1):
+        for r in range(3, cfg.log2 + 1):
             res = 2**r
-            fused = res >= AUTO_FUSED_MIN_RES if fused_scale == "auto" else bool(fused_scale)
             shapes[r] = (res // 2, res // 2, nf(res // 2))
-            layers.append(StyleLayer(nf(res // 2), nf(res), self.w_dim, res, conv=True, up=True, fused=fused))
-            layers.append(StyleLayer(nf(res), nf(res), self.w_dim, res, conv=True, up=False, fused=False))
+            layers.append(StyleLayer(nf(res // 2), nf(res), w_dim, res, conv=True, up=True, fused=cfg.fused_at(res)))
+            layers.append(StyleLayer(nf(res), nf(res), w_dim, res, conv=True, up=False, fused=False))
         self.convs = nnx.List(layers)
-        self.torgb = ops.EqualConv(nf(resolution), int(image_channels), 1, gain=1.0)
+        self.torgb = ops.EqualConv(nf(cfg.resolution), cfg.image_channels, 1, gain=1.0)
         self._shapes = tuple(sorted(shapes.items()))
-
-    @property
-    def z_dim(self) -> int:
-        return self._z
 
     def _layer_shapes(self):
         return dict(self._shapes)
 
-    def wp(self, lat, truncation: float):
-        """``wp [N, num_ws, w_dim]``: mapped, repeated, truncated."""
-        psi = check_truncation(self.family, truncation)
-        z = as_latents(lat).z
-        if z.ndim != 2 or z.shape[1] != self._z:
-            raise ConfigError(f"stylegan: z has shape {tuple(z.shape)}; expected [N, {self._z}]")
-        w = self.mapping(z)
-        wp = jnp.broadcast_to(w[:, None, :], (w.shape[0], self.num_ws, self.w_dim))
-        return ops.truncate(wp, self.w_avg[...], psi, self.trunc_layers)
+    def _truncate(self, wp, psi: float):
+        return truncate_genforce(self, wp, psi)
+
+    def _style_weight(self, row: int):
+        return self.convs[row].style.weight[...].T  # genforce's layer{row}.style: [2 * C, w_dim]
 
     def _blocks(self, x, wp, start: int, stop: int):
         """Blocks at resolutions ``2^start .. 2^(stop-1)``."""
@@ -176,15 +147,10 @@ class StyleGAN(Generator):
             x = self.convs[i + 1](x, wp[:, i + 1], impl=self.impl)
         return x
 
-    def _features(self, lat, layer: int, truncation: float):
-        wp = self.wp(lat, truncation)
+    def _features_from_wp(self, wp, layer: int):
         return self._blocks(None, wp, 2, layer), {"wp": wp}
 
     def _render(self, Z, layer: int, ctx: dict):
-        x = self._blocks(Z, ctx["wp"], layer, self.final_log2 + 1)
+        x = self._blocks(Z, ctx["wp"], layer, self.cfg.log2 + 1)
         img = self.torgb(x)
-        return jnp.tanh(img) if self.final_tanh else img
-
-    def _generate(self, lat, truncation: float):
-        Z, ctx = self._features(lat, 3, truncation)
-        return self._render(Z, 3, ctx)
+        return jnp.tanh(img) if self.cfg.final_tanh else img

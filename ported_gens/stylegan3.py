@@ -29,12 +29,18 @@ multiplies by ``output_scale``.
 The filters, frequencies, phases and input transform are read from the checkpoint, not
 redesigned. PandA sets the input transform to the identity before sampling; the stored buffer
 is the identity in the official pickles and the test checkpoints, so it is used as stored.
+
+W space (see :class:`~ported_gens.base.StyleGenerator`): ``G.mapping(z)``, ``G.w_avg`` (kept in
+the mapping network, as NVlabs does), ``G.wp`` (also ``G.ws``; truncation moves every row, as
+NVlabs' default ``truncation_cutoff=None``), ``G.features_from_wp``, ``G.generate_from_wp``.
+Row 0 of w+ drives the Fourier input's affine and row ``i + 1`` the affine of ``L{i}``; both are
+what ``first_projection_weights`` returns for those rows.
 """
 
 from __future__ import annotations
 
-import math
-from functools import partial
+import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -43,42 +49,83 @@ from flax import nnx
 
 from panda_jax.errors import ConfigError, FeatureError
 
-from .base import Buffer, Generator, as_latents, register_family
+from . import ops
+from .base import Buffer, StyleGenerator, register_family, stage
+from .config import FamilyConfig, Flag, Float, Int, setting
 
-SQRT2 = math.sqrt(2.0)
-_DN = ("NHWC", "HWIO", "NHWC")
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StyleGAN3Config(FamilyConfig):
+    """NVlabs' ``Generator`` / ``SynthesisNetwork`` / ``SynthesisLayer`` constructor arguments
+    (training/networks_stylegan3.py), the mapping network's as ``mapping_layers`` /
+    ``mapping_lr_multiplier``. The defaults are the official T config at 1024 px; :meth:`t` and
+    :meth:`r` are the official T and R configs at a resolution."""
+
+    family: ClassVar[str] = "stylegan3"
+    z_dim: int = setting(Int(), 512)
+    w_dim: int = setting(Int(), 512)
+    img_resolution: int = setting(Int(), 1024)
+    img_channels: int = setting(Int(), 3)
+    mapping_layers: int = setting(Int(), 2)
+    mapping_lr_multiplier: float = setting(Float(positive=True), 0.01)
+    channel_base: int = setting(Int(), 32768)
+    channel_max: int = setting(Int(), 512)
+    num_layers: int = setting(Int(), 14)
+    num_critical: int = setting(Int(lo=0), 2)
+    first_cutoff: float = setting(Float(positive=True), 2.0)
+    first_stopband: float = setting(Float(positive=True), 2**2.1)
+    last_stopband_rel: float = setting(Float(positive=True), 2**0.3)
+    margin_size: int = setting(Int(lo=0), 10)
+    output_scale: float = setting(Float(), 0.25)
+    conv_kernel: int = setting(Int(), 3)
+    filter_size: int = setting(Int(), 6)
+    lrelu_upsampling: int = setting(Int(), 2)
+    use_radial_filters: bool = setting(Flag(), False)
+    conv_clamp: float | None = setting(Float(positive=True, optional=True), 256.0)
+
+    @classmethod
+    def t(cls, resolution: int = 1024, **changes) -> "StyleGAN3Config":
+        """The official StyleGAN3-T config (3x3 convolutions); the 256 px models halve
+        ``channel_base`` (trained with ``--cbase=16384``)."""
+        base = 16384 if resolution == 256 else 32768
+        return cls.from_dict(dict(img_resolution=resolution, channel_base=base), **changes)
+
+    @classmethod
+    def r(cls, resolution: int = 1024, **changes) -> "StyleGAN3Config":
+        """The official StyleGAN3-R config: 1x1 convolutions, radial filters, channel base and max doubled."""
+        base = 32768 if resolution == 256 else 65536
+        return cls.from_dict(
+            dict(img_resolution=resolution, channel_base=base, channel_max=1024, conv_kernel=1, use_radial_filters=True),
+            **changes,
+        )
+
+    @property
+    def num_ws(self) -> int:
+        """Rows of w+: the input, ``num_layers`` synthesis layers and the ToRGB."""
+        return self.num_layers + 2
+
+    def check(self):
+        if self.num_critical >= self.num_layers:
+            self.fail(f"num_critical {self.num_critical} must be below num_layers {self.num_layers}")
+        plan = synthesis_plan(self)  # raises on sampling rates that are not integer ratios
+        for spec in plan["layers"]:
+            if spec["out_channels"] < 1 or spec["out_size"] < 1:
+                self.fail(
+                    f"layer {spec['name']} would have {spec['out_channels']} channels and {spec['out_size']} px; "
+                    f"raise channel_base ({self.channel_base}) or img_resolution ({self.img_resolution})"
+                )
+
 
 # Constructor defaults: NVlabs' training/networks_stylegan3.py with the official T config.
-DEFAULTS = dict(
-    z_dim=512,
-    w_dim=512,
-    img_resolution=1024,
-    img_channels=3,
-    mapping_layers=2,
-    mapping_lr_multiplier=0.01,
-    channel_base=32768,
-    channel_max=512,
-    num_layers=14,
-    num_critical=2,
-    first_cutoff=2.0,
-    first_stopband=2**2.1,
-    last_stopband_rel=2**0.3,
-    margin_size=10,
-    output_scale=0.25,
-    conv_kernel=3,
-    filter_size=6,
-    lrelu_upsampling=2,
-    use_radial_filters=False,
-    conv_clamp=256.0,
-)
+DEFAULTS = StyleGAN3Config.defaults()
 
 
-def synthesis_plan(cfg: dict) -> dict:
+def synthesis_plan(cfg: dict | StyleGAN3Config) -> dict:
     """The synthesis network's layout, computed as NVlabs' ``SynthesisNetwork`` /
     ``SynthesisLayer`` constructors do (float64 numpy): the input's size, channels, sampling rate
     and bandwidth, and per layer its name, channels, sizes, up/down factors, filter taps and
-    padding."""
-    c = dict(DEFAULTS, **cfg)
+    padding. ``cfg``: a config, or a dict of settings over :data:`DEFAULTS` (not checked)."""
+    c = cfg.to_dict() if isinstance(cfg, StyleGAN3Config) else dict(DEFAULTS, **cfg)
     res, n = c["img_resolution"], c["num_layers"]
     last_cutoff = res / 2
     last_stopband = last_cutoff * c["last_stopband_rel"]
@@ -103,7 +150,7 @@ def synthesis_plan(cfg: dict) -> dict:
         up = int(np.rint(tmp_rate / in_rate))
         down = int(np.rint(tmp_rate / out_rate))
         if in_rate * up != tmp_rate or out_rate * down != tmp_rate:
-            raise ConfigError(f"StyleGAN3 layer {idx}: sampling rates {in_rate}/{out_rate} are not integer ratios")
+            raise ConfigError(f"stylegan3: layer {idx}: sampling rates {in_rate}/{out_rate} are not integer ratios")
         up_taps = c["filter_size"] * up if up > 1 and not torgb else 1
         down_taps = c["filter_size"] * down if down > 1 and not torgb else 1
         in_size, out_size = int(sizes[prev]), int(sizes[idx])
@@ -134,16 +181,6 @@ def synthesis_plan(cfg: dict) -> dict:
 
 
 # ---- ops --------------------------------------------------------------------------------
-
-
-def _row(v):
-    """``[C]`` -> ``[1, 1, 1, C]`` (broadcasts are explicit: implicit rank promotion is an error)."""
-    return v.reshape(1, 1, 1, -1)
-
-
-def _per_sample(v):
-    """``[N, C]`` -> ``[N, 1, 1, C]``."""
-    return v[:, None, None, :]
 
 
 def _lerp(start, end, weight: float):
@@ -237,7 +274,7 @@ def upfirdn2d(x, f, up: int = 1, down: int = 1, padding=(0, 0, 0, 0), gain: floa
 def filtered_lrelu(x, fu, fd, b, up, down, padding, gain, slope, clamp):
     """NVlabs' ``filtered_lrelu`` (reference path): bias, upsample with ``fu``, leaky ReLU times
     ``gain`` clamped to ``+-clamp``, downsample with ``fd``."""
-    x = x + _row(b)
+    x = x + ops.row(b)
     x = upfirdn2d(x, fu, up=up, padding=padding, gain=up * up)
     if slope != 1:
         x = jnp.where(x > 0, x, x * slope)
@@ -256,10 +293,10 @@ def modulated_conv2d(x, weight, styles, *, demodulate: bool, padding: int, input
         weight = weight * jax.lax.rsqrt(jnp.mean(jnp.square(weight), axis=(0, 1, 2), keepdims=True))
         styles = styles * jax.lax.rsqrt(jnp.mean(jnp.square(styles)))  # over the whole batch, as NVlabs
         dcoefs = jax.lax.rsqrt(jnp.square(styles) @ jnp.sum(jnp.square(weight), axis=(0, 1)) + 1e-8)  # [N, O]
-    x = x * _per_sample(styles * input_gain)
-    y = jax.lax.conv_general_dilated(x, weight, (1, 1), ((padding, padding), (padding, padding)), dimension_numbers=_DN)
+    x = x * ops.per_sample(styles * input_gain)
+    y = ops.conv2d(x, weight, padding)
     if demodulate:
-        y = y * _per_sample(dcoefs)
+        y = y * ops.per_sample(dcoefs)
     return y
 
 
@@ -271,8 +308,8 @@ class Dense(nnx.Module):
     activation (``"lrelu"``: leaky ReLU 0.2 times sqrt 2). ``kernel`` is ``[in, out]``."""
 
     def __init__(self, in_features: int, out_features: int, *, lr_multiplier: float = 1.0, activation: str = "linear"):
-        self.kernel = nnx.Param(jnp.zeros((in_features, out_features), jnp.float32))
-        self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32))
+        self.kernel = nnx.Param(ops.zeros(in_features, out_features))
+        self.bias = nnx.Param(ops.zeros(out_features))
         self.weight_gain = float(lr_multiplier / np.sqrt(in_features))
         self.bias_gain = float(lr_multiplier)
         self.activation = activation
@@ -284,38 +321,36 @@ class Dense(nnx.Module):
             b = b * self.bias_gain
         x = x @ w + b[None, :]
         if self.activation == "lrelu":
-            x = jnp.where(x > 0, x, x * 0.2) * SQRT2
+            x = ops.lrelu(x) * ops.SQRT2
         return x
 
 
 class Mapping(nnx.Module):
+    """NVlabs ``MappingNetwork`` (unconditional): ``w = fc(normalize_2nd_moment(z))``; holds ``w_avg``."""
+
     def __init__(self, z_dim: int, w_dim: int, num_layers: int, lr_multiplier: float):
         dims = [z_dim] + [w_dim] * num_layers
         self.fc = nnx.List(
             [Dense(a, b, lr_multiplier=lr_multiplier, activation="lrelu") for a, b in zip(dims[:-1], dims[1:])]
         )
-        self.w_avg = Buffer(jnp.zeros((w_dim,), jnp.float32))
+        self.w_avg = Buffer(ops.zeros(w_dim))
 
-    def __call__(self, z, num_ws: int, truncation: float):
-        x = z.astype(jnp.float32)
-        x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=1, keepdims=True) + 1e-8)
+    def __call__(self, z):
+        x = ops.normalize_2nd_moment(ops.as_float(z))
         for fc in self.fc:
             x = fc(x)
-        ws = jnp.broadcast_to(x[:, None, :], (x.shape[0], num_ws, x.shape[1]))
-        if truncation != 1:
-            ws = _lerp(self.w_avg[...][None, None, :], ws, truncation)
-        return ws
+        return x
 
 
 class FourierInput(nnx.Module):
     """NVlabs ``SynthesisInput``: Fourier features on a ``size x size`` grid."""
 
     def __init__(self, w_dim: int, channels: int, size: int, sampling_rate: float, bandwidth: float):
-        self.kernel = nnx.Param(jnp.zeros((channels, channels), jnp.float32))  # [in, out]
+        self.kernel = nnx.Param(ops.zeros(channels, channels))  # [in, out]
         self.affine = Dense(w_dim, 4)
         self.transform = Buffer(jnp.eye(3, dtype=jnp.float32))
-        self.freqs = Buffer(jnp.zeros((channels, 2), jnp.float32))
-        self.phases = Buffer(jnp.zeros((channels,), jnp.float32))
+        self.freqs = Buffer(ops.zeros(channels, 2))
+        self.phases = Buffer(ops.zeros(channels))
         self.channels, self.size = channels, size
         self.sampling_rate, self.bandwidth = float(sampling_rate), float(bandwidth)
 
@@ -344,8 +379,8 @@ class FourierInput(nnx.Module):
         g = jnp.asarray(self.grid())
         gx = g[None, None, :, None] * freqs[:, None, None, :, 0]  # [N, 1, W, C]
         gy = g[None, :, None, None] * freqs[:, None, None, :, 1]  # [N, H, 1, C]
-        x = (gx + gy) + _per_sample(phases)
-        x = jnp.sin(x * (np.pi * 2)) * _per_sample(amplitudes)
+        x = (gx + gy) + ops.per_sample(phases)
+        x = jnp.sin(x * (np.pi * 2)) * ops.per_sample(amplitudes)
         return x @ (self.kernel[...] / np.sqrt(self.channels))
 
 
@@ -355,13 +390,13 @@ class SynthesisLayer(nnx.Module):
     def __init__(self, spec: dict, w_dim: int, conv_clamp):
         k, cin, cout = spec["conv_kernel"], spec["in_channels"], spec["out_channels"]
         self.affine = Dense(w_dim, cin)
-        self.weight = nnx.Param(jnp.zeros((k, k, cin, cout), jnp.float32))
-        self.bias = nnx.Param(jnp.zeros((cout,), jnp.float32))
+        self.weight = nnx.Param(ops.zeros(k, k, cin, cout))
+        self.bias = nnx.Param(ops.zeros(cout))
         self.magnitude_ema = Buffer(jnp.ones((), jnp.float32))
-        self.up_filter = Buffer(jnp.zeros((spec["up_taps"],), jnp.float32)) if spec["up_taps"] > 1 else None
+        self.up_filter = Buffer(ops.zeros(spec["up_taps"])) if spec["up_taps"] > 1 else None
         if spec["down_taps"] > 1:
             shape = (spec["down_taps"],) * (2 if spec["down_radial"] else 1)
-            self.down_filter = Buffer(jnp.zeros(shape, jnp.float32))
+            self.down_filter = Buffer(ops.zeros(*shape))
         else:
             self.down_filter = None
         # No name or index here: layers with equal settings and shapes share one compiled program.
@@ -369,7 +404,7 @@ class SynthesisLayer(nnx.Module):
         self.conv_kernel, self.in_channels = k, cin
         self.up, self.down = spec["up"], spec["down"]
         self.padding = tuple(spec["padding"]) * 2  # (x0, x1, y0, y1): square
-        self.gain = 1.0 if self.is_torgb else SQRT2
+        self.gain = 1.0 if self.is_torgb else ops.SQRT2
         self.slope = 1.0 if self.is_torgb else 0.2
         self.clamp = None if conv_clamp is None else float(conv_clamp)
 
@@ -387,26 +422,19 @@ class SynthesisLayer(nnx.Module):
 
 
 @register_family("stylegan3")
-class StyleGAN3(Generator):
-    """StyleGAN3-T / -R generator; constructor arguments as NVlabs' (see :data:`DEFAULTS`), the
-    mapping network's as ``mapping_layers`` / ``mapping_lr_multiplier``."""
+class StyleGAN3(StyleGenerator):
+    """StyleGAN3-T / -R generator (see :class:`StyleGAN3Config`)."""
 
-    def __init__(self, **config):
-        unknown = sorted(set(config) - set(DEFAULTS))
-        if unknown:
-            raise ConfigError(f"unknown StyleGAN3 settings {unknown}; known: {sorted(DEFAULTS)}")
-        cfg = dict(DEFAULTS, **config)
-        cfg["conv_clamp"] = None if cfg["conv_clamp"] is None else float(cfg["conv_clamp"])
-        super().__init__(cfg)
+    Config = StyleGAN3Config
+
+    def __init__(self, config: StyleGAN3Config | dict | None = None, /, **settings):
+        super().__init__(config, **settings)
+        cfg = self.cfg
         plan = synthesis_plan(cfg)
-        self.num_layers = int(cfg["num_layers"])
-        self.num_ws = self.num_layers + 2
-        self._z_dim = int(cfg["z_dim"])
-        self.output_scale = float(cfg["output_scale"])
-        self.mapping = Mapping(cfg["z_dim"], cfg["w_dim"], cfg["mapping_layers"], cfg["mapping_lr_multiplier"])
+        self.mapping = Mapping(cfg.z_dim, cfg.w_dim, cfg.mapping_layers, cfg.mapping_lr_multiplier)
         inp = plan["input"]
-        self.input = FourierInput(cfg["w_dim"], inp["channels"], inp["size"], inp["sampling_rate"], inp["bandwidth"])
-        self.synthesis = nnx.List([SynthesisLayer(s, cfg["w_dim"], cfg["conv_clamp"]) for s in plan["layers"]])
+        self.input = FourierInput(cfg.w_dim, inp["channels"], inp["size"], inp["sampling_rate"], inp["bandwidth"])
+        self.synthesis = nnx.List([SynthesisLayer(s, cfg.w_dim, cfg.conv_clamp) for s in plan["layers"]])
         shapes = {0: (inp["size"], inp["size"], inp["channels"])}
         for i, s in enumerate(plan["layers"][:-1]):
             shapes[i + 1] = (s["out_size"], s["out_size"], s["out_channels"])
@@ -414,25 +442,43 @@ class StyleGAN3(Generator):
         self.layer_names = tuple(s["name"] for s in plan["layers"])
 
     @property
-    def z_dim(self) -> int:
-        return self._z_dim
+    def num_layers(self) -> int:
+        return self.cfg.num_layers
+
+    @property
+    def output_scale(self) -> float:
+        return self.cfg.output_scale
+
+    @property
+    def w_avg(self):
+        """The average w ``[w_dim]`` (NVlabs keeps it in the mapping network)."""
+        return self.mapping.w_avg
 
     def _layer_shapes(self):
         return dict(self._shapes)
 
-    def _ws(self, lat, truncation: float):
-        return self.mapping(as_latents(lat).z, self.num_ws, truncation)
+    def _truncate(self, wp, psi: float):
+        """NVlabs' truncation: every row ``lerp(w_avg, w, psi)`` (``truncation_cutoff=None``)."""
+        return wp if psi == 1 else _lerp(self.w_avg[...][None, None, :], wp, psi)
+
+    def _style_weight(self, row: int):
+        """Row 0 drives the Fourier input's affine (rotation and translation, 4 outputs), row
+        ``i + 1`` the affine of ``L{i}`` (the last: ToRGB); NVlabs' ``affine.weight`` ``[out, w_dim]``."""
+        dense = self.input.affine if row == 0 else self.synthesis[row - 1].affine
+        return dense.kernel[...].T
 
     def ws(self, lat, truncation: float = 1.0):
-        """The per-layer latents ``[N, num_ws, w_dim]`` (truncated towards ``w_avg``)."""
-        return self._jit("_ws", (("truncation", float(truncation)),), lat=as_latents(lat))
+        """The per-layer latents ``[N, num_ws, w_dim]`` (truncated towards ``w_avg``): :meth:`wp`."""
+        return self.wp(lat, truncation)
 
-    def _features(self, lat, layer: int, truncation: float):
-        ws = self._ws(lat, truncation)
-        x = self.input(ws[:, 0])
+    def _input(self, wp):
+        return self.input(wp[:, 0])
+
+    def _features_from_wp(self, wp, layer: int):
+        x = self._input(wp)
         for idx in range(layer):
-            x = self.synthesis[idx](x, ws[:, idx + 1])
-        return x, {"ws": ws}
+            x = self.synthesis[idx](x, wp[:, idx + 1])
+        return x, {"ws": wp}
 
     def _render(self, Z, layer: int, ctx: dict):
         ws = ctx["ws"]
@@ -450,16 +496,27 @@ class StyleGAN3(Generator):
 
     def _run(self, x, ws, start: int, stop: int):
         for idx in range(start, stop):
-            scale = self.output_scale if idx == self.num_layers else 1.0
-            graphdef, state = nnx.split(self.synthesis[idx])
-            x = _apply_layer(graphdef, state, x, ws[:, idx + 1], scale)
+            x = stage(self.synthesis[idx], x, ws[:, idx + 1])
+        if stop == self.num_layers + 1 and self.output_scale != 1:
+            x = x * self.output_scale
         return x
+
+    def features_from_wp(self, wp, layer: int):
+        """``(Z, ctx)`` at ``layer`` from w+ ``[N, num_ws, w_dim]``; ``ctx = {"ws": wp}``."""
+        wp = self.check_wp(wp)
+        layer = self.check_layer(layer)
+        x = self._jit("_input", (), wp=wp)
+        return self._run(x, wp, 0, layer), {"ws": wp}
+
+    def generate_from_wp(self, wp):
+        """The image ``[N, H, W, 3]`` from w+ (times ``output_scale``)."""
+        Z, ctx = self.features_from_wp(wp, 0)
+        return self._run(Z, ctx["ws"], 0, self.num_layers + 1)
 
     def features(self, lat, layer: int, truncation: float = 1.0):
         """``(Z, ctx)``: the feature map ``[N, H, W, C]`` at ``layer`` and ``ctx = {"ws": ...}``."""
         layer = self.check_layer(layer)
-        x, ctx = self._jit("_features", (("layer", 0), ("truncation", float(truncation))), lat=as_latents(lat))
-        return self._run(x, ctx["ws"], 0, layer), ctx
+        return self.features_from_wp(self.wp(lat, truncation), layer)
 
     def render(self, Z, layer: int, ctx: dict):
         """The image ``[N, H, W, 3]`` from resuming at ``layer`` with ``Z`` (margins included)."""
@@ -477,11 +534,4 @@ class StyleGAN3(Generator):
 
     def generate(self, lat, truncation: float = 1.0):
         """The image ``[N, H, W, 3]`` of the whole forward (times ``output_scale``)."""
-        Z, ctx = self.features(lat, 0, truncation)
-        return self._run(Z, ctx["ws"], 0, self.num_layers + 1)
-
-
-@partial(jax.jit, static_argnames=("graphdef", "scale"))
-def _apply_layer(graphdef, state, x, w, scale: float):
-    y = nnx.merge(graphdef, state)(x, w)
-    return y * scale if scale != 1 else y
+        return self.generate_from_wp(self.wp(lat, truncation))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from panda_jax.errors import ConfigError
 
+from .biggan import BigGANConfig
+
 # name -> (family, config overrides). Families add their entries here.
 ZOO: dict[str, tuple[str, dict]] = {
     "dcgan_faces64": ("dcgan", {}),
@@ -43,25 +45,16 @@ for _name in _GENFORCE_NAMES:
     ZOO[_name] = (_family, dict(_GENFORCE_BASE[_family], resolution=_res))
 
 # BigGAN-deep: the HuggingFace pytorch-pretrained-BigGAN configs. PandA's name "biggan" is
-# biggan-deep-256. Blocks are [upsample, in_mult, out_mult] of channel_width.
-_BIGGAN_DEEP = dict(z_dim=128, class_embed_dim=128, channel_width=128, num_classes=1000,
-                    attention_layer_position=8, eps=1e-4, n_stats=51)
-_BIGGAN_DEEP_128 = [[False, 16, 16], [True, 16, 16], [False, 16, 16], [True, 16, 8], [False, 8, 8],
-                    [True, 8, 4], [False, 4, 4], [True, 4, 2], [False, 2, 2], [True, 2, 1]]
-_BIGGAN_DEEP_256 = [[False, 16, 16], [True, 16, 16], [False, 16, 16], [True, 16, 8], [False, 8, 8],
-                    [True, 8, 8], [False, 8, 8], [True, 8, 4], [False, 4, 4], [True, 4, 2],
-                    [False, 2, 2], [True, 2, 1]]
-_BIGGAN_DEEP_512 = _BIGGAN_DEEP_256 + [[False, 1, 1], [True, 1, 1]]
-ZOO.update({
-    "biggan-deep-128": ("biggan", dict(_BIGGAN_DEEP, output_dim=128, layers=_BIGGAN_DEEP_128)),
-    "biggan-deep-256": ("biggan", dict(_BIGGAN_DEEP, output_dim=256, layers=_BIGGAN_DEEP_256)),
-    "biggan-deep-512": ("biggan", dict(_BIGGAN_DEEP, output_dim=512, layers=_BIGGAN_DEEP_512)),
-    "biggan": ("biggan", dict(_BIGGAN_DEEP, output_dim=256, layers=_BIGGAN_DEEP_256)),
-})
+# biggan-deep-256.
+for _res in (128, 256, 512):
+    ZOO[f"biggan-deep-{_res}"] = ("biggan", BigGANConfig.deep(_res).to_dict())
+ZOO["biggan"] = ZOO["biggan-deep-256"]
 
 # StyleGAN3: the official NVlabs pickles, by file name (PandA's model names). T: 3x3 convs,
 # channel_base 32768; R: 1x1 convs, radial filters, channel base and max doubled. The 256x256
-# models were trained with --cbase=16384 (R: 32768 after doubling).
+# models were trained with --cbase=16384 (R: 32768 after doubling). The entries are the settings
+# that differ between models (a converter lays them over what the checkpoint says); over the
+# defaults they give StyleGAN3Config.t / .r.
 _SG3_T = dict(z_dim=512, w_dim=512, mapping_layers=2, channel_base=32768, channel_max=512, conv_kernel=3,
               use_radial_filters=False)
 _SG3_R = dict(_SG3_T, channel_base=65536, channel_max=1024, conv_kernel=1, use_radial_filters=True)

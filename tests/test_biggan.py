@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import maxabs, nhwc
 
 import convert
 import ported_gens
@@ -26,14 +27,6 @@ from ported_gens.biggan import bn_selection, check_truncation, class_index, clas
 # 1.5e-5 between float32 and float64, so 1e-4 leaves room for a different summation order.
 ATOL = 1e-4
 LAYERS = list(range(1, 11))
-
-
-def nhwc(a):
-    return np.transpose(np.asarray(a), (0, 2, 3, 1))
-
-
-def maxabs(a, b):
-    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
 @pytest.fixture(scope="module")
@@ -104,14 +97,12 @@ def test_features_match_the_original(G, lat, io, layer):
 
 
 @pytest.mark.parametrize("layer", LAYERS)
-def test_edited_images_match_the_original(G, lat, io, image, layer):
+def test_edited_images_match_the_original(G, lat, io, layer):
     Z, ctx = G.features(lat, layer)
     edited = np.asarray(G.render(Z + nhwc(io[f"delta_l{layer}"]), layer, ctx))
     err = maxabs(edited, nhwc(io[f"edited_l{layer}"]))
     print(f"edited_l{layer}: max abs error {err:.2e}")
     assert err <= ATOL
-    # Resuming with the unedited features reproduces the image exactly (same programs, same inputs).
-    assert np.array_equal(np.asarray(G.render(Z, layer, ctx)), image)
 
 
 def test_resuming_keeps_the_truncation_and_batches_may_mix_them(G, lat, io, image):

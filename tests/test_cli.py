@@ -5,28 +5,15 @@ stderr, exit status 2, nothing written."""
 import html.parser
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from helpers import ok
+from helpers import run_cli as run
 
 pytest.importorskip("torch")
 
 from panda_jax.app.cli import main  # noqa: E402
-
-BIN = os.path.join(os.path.dirname(sys.executable), "panda-jax")
-
-
-def run(*args, cwd=None):
-    cmd = [BIN] if os.path.exists(BIN) else [sys.executable, "-m", "panda_jax.app.cli"]
-    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=300)
-
-
-def ok(res):
-    assert res.returncode == 0, f"exit {res.returncode}\nstdout: {res.stdout}\nstderr: {res.stderr}"
-    return res
-
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):

@@ -4,13 +4,10 @@ BigGAN-deep), with the edit's ROIR and the saliency maps checked."""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-
-BIN = os.path.join(os.path.dirname(sys.executable), "panda-jax")
+from helpers import ok, run_cli
 
 CASES = {
     # family: (source under the test vectors, layer, ranks)
@@ -20,11 +17,7 @@ CASES = {
 
 
 def run(*args, env=None):
-    cmd = [BIN] if os.path.exists(BIN) else [sys.executable, "-m", "panda_jax.app.cli"]
-    res = subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=300,
-                         env=None if env is None else {**os.environ, **env})
-    assert res.returncode == 0, f"{args[0]}: exit {res.returncode}\n{res.stdout}\n{res.stderr}"
-    return res
+    return ok(run_cli(*args, env=env))
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 import pytest
+from helpers import nhwc
 
 torch = pytest.importorskip("torch")
 
@@ -46,7 +47,6 @@ def _torch_forward(net, z, double=False):
         img = net(x.double() if double else x)
     for h in hooks:
         h.remove()
-    nhwc = lambda t: t.numpy().transpose(0, 2, 3, 1)  # noqa: E731
     return nhwc(img), {l: nhwc(f) for l, f in feats.items()}
 
 
@@ -81,7 +81,7 @@ def test_parity_with_pytorch(generator, state_dict):
     assert err <= 1e-5
 
     for layer in (1, 2, 3, 4):
-        Z, ctx = generator.features(z, layer)
+        Z, _ = generator.features(z, layer)
         Z = np.asarray(Z)
         assert Z.shape == (8,) + generator.layers[layer]
         e32, e64 = np.abs(Z - feats32[layer]).max(), np.abs(Z - feats64[layer]).max()
@@ -89,8 +89,6 @@ def test_parity_with_pytorch(generator, state_dict):
               f"max-abs vs torch float32 {e32:.3g}, vs float64 {e64:.3g}")
         assert e32 <= _bound(feats32[layer])
         assert e64 <= _bound(feats64[layer])
-        # resuming at the layer reproduces the whole forward
-        assert np.abs(np.asarray(generator.render(Z, layer, ctx)) - img).max() <= 1e-5
 
 
 def test_layers_and_latents(generator):

@@ -18,6 +18,7 @@ import os
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_close, nhwc
 
 import convert
 import ported_gens
@@ -28,16 +29,8 @@ def tol(want) -> float:
 
 
 def check(name: str, got, want_nchw):
-    got = np.asarray(got)
-    want = np.asarray(want_nchw).transpose(0, 2, 3, 1)
-    assert got.shape == want.shape, f"{name}: shape {got.shape}, expected {want.shape}"
-    err = float(np.abs(got - want).max())
-    print(f"{name}: max-abs error {err:.2e} (max |ref| {float(np.abs(want).max()):.2f})")
-    assert err <= tol(want), f"{name}: max-abs error {err:.3e} > {tol(want):.1e}"
-
-
-def nhwc(a):
-    return jnp.asarray(np.asarray(a).transpose(0, 2, 3, 1))
+    want = nhwc(want_nchw)
+    assert_close(name, got, want, tol(want))
 
 
 def load_converted(testvectors, tmp_path_factory, folder):

@@ -10,6 +10,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from helpers import assert_close, nhwc
 
 import convert
 import ported_gens
@@ -206,10 +207,7 @@ def test_rosinality_checkpoint_is_refused_by_name(tmp_path, wrapped):
 
 
 def check(name, got, want_nchw, atol=1e-4):
-    want = np.asarray(want_nchw).transpose(0, 2, 3, 1) if np.ndim(want_nchw) == 4 else np.asarray(want_nchw)
-    err = float(np.abs(np.asarray(got) - want).max())
-    print(f"{name}: max-abs error {err:.2e}")
-    assert np.shape(got) == want.shape and err <= atol, f"{name}: max-abs error {err:.3e} > {atol}"
+    assert_close(name, got, nhwc(want_nchw) if np.ndim(want_nchw) == 4 else want_nchw, atol)
 
 
 @pytest.fixture(scope="module")

