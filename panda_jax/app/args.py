@@ -103,8 +103,8 @@ def add_common(p):
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors, no progress")
 
 
-def add_factors_model(p):
-    p.add_argument("factors", metavar="FACTORS", help="factors file written by `panda-jax fit` (.npz)")
+def add_factors_model(p, factors_help: str = "factors file written by `panda-jax fit` (.npz)", optional: bool = False):
+    p.add_argument("factors", metavar="FACTORS", help=factors_help, **({"nargs": "?", "default": None} if optional else {}))
     p.add_argument("model", metavar="MODEL", nargs="?", default=None,
                    help="converted model directory or zoo name, checkpoint file or 'default' (default: the "
                         "model the factors were fitted on)")

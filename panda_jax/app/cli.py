@@ -4,8 +4,10 @@
     panda-jax fit MODEL --layer L --ranks RC RS --out factors.npz [--samples N --steps T ...]
     panda-jax refine FACTORS [MODEL] --seeds S ... --out DIR
     panda-jax edit FACTORS [MODEL] --part K --appearance J [--alpha A ...] --seeds S ... --out DIR
+    panda-jax edit [FACTORS] --recipe R.json --seeds 0-63 --out DIR
     panda-jax saliency FACTORS [MODEL] --seeds S ... --out DIR
     panda-jax demo [--out DIR]
+    panda-jax serve [MODEL] [--factors F.npz] [--port P] [--host H]
 
 ``MODEL`` is a directory written by ``panda-jax convert``, a converted zoo name, a checkpoint
 file (converted in memory), or ``default`` (the embedded faces DCGAN). Commands that take

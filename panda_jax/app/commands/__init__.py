@@ -3,4 +3,4 @@
 ``COMMANDS`` lists them in the order ``panda-jax --help`` shows them.
 """
 
-COMMANDS = ("convert", "fit", "refine", "edit", "saliency", "demo")
+COMMANDS = ("convert", "fit", "refine", "edit", "saliency", "demo", "serve")

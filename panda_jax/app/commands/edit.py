@@ -1,4 +1,9 @@
-"""``panda-jax edit FACTORS [MODEL] --part K --appearance J ...``: edit samples and render."""
+"""``panda-jax edit FACTORS [MODEL] --part K --appearance J ...``: edit samples and render.
+
+``panda-jax edit [FACTORS] --recipe R.json --seeds 0-63 --out DIR`` applies a stack of edits
+saved by the editor (``panda-jax serve``; format in :mod:`panda_jax.app.recipe`) to every seed
+in one batch; the recipe names its factors and model, so FACTORS and MODEL may be left out.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +22,14 @@ def add_parser(sub):
                        description="Add alpha * appearance at a part to the features of each sample and render: "
                                    "a strip per seed (strip.png), the images, ROIR per alpha (edit.json; paper "
                                    "Eq. 7, lower is more local), and optionally an animated sweep (sweep.gif).")
-    A.add_factors_model(p)
-    p.add_argument("--part", type=int, nargs="+", required=True, metavar="K",
-                   help="part index; several are summed into one region")
-    p.add_argument("--appearance", type=int, required=True, metavar="J", help="appearance index")
+    A.add_factors_model(p, "factors file written by `panda-jax fit` (.npz); with --recipe, default: the recipe's",
+                        optional=True)
+    p.add_argument("--part", type=int, nargs="+", default=None, metavar="K",
+                   help="part index; several are summed into one region (required without --recipe)")
+    p.add_argument("--appearance", type=int, default=None, metavar="J",
+                   help="appearance index (required without --recipe)")
+    p.add_argument("--recipe", metavar="R.json", default=None,
+                   help="apply the edit stack of a recipe exported by `panda-jax serve` instead of --part/--appearance")
     p.add_argument("--alpha", type=A.real, nargs="+", default=None, metavar="A",
                    help=f"edit strengths (default: -a and +a with a = {pipeline.EDIT_SCALE} x the mean feature norm)")
     A.add_seeds(p)
@@ -42,6 +51,16 @@ def run(args):
     from .. import figures
 
     pipeline.check_out_dir(args.out)
+    if args.recipe is not None:
+        given = [o for o, v in (("--part", args.part), ("--appearance", args.appearance), ("--alpha", args.alpha),
+                                ("--refine", args.refine or None), ("--gif", args.gif or None)) if v is not None]
+        if given:
+            raise ConfigError(f"--recipe carries the edits; drop {', '.join(given)}")
+        return run_recipe(args)
+    if args.factors is None:
+        raise ConfigError("give FACTORS (a file written by `panda-jax fit`), or --recipe R.json")
+    if args.part is None or args.appearance is None:
+        raise ConfigError("give --part K and --appearance J (or --recipe R.json from `panda-jax serve`)")
     if args.refine < 0:
         raise ConfigError(f"--refine {args.refine}: give a number of steps >= 0")
     seeds = A.flatten_seeds(args.seeds)
@@ -101,4 +120,70 @@ def run(args):
     for a, r in zip(alphas, scores):
         pipeline.say(args, f"alpha {a:+g}: ROIR {r:.3f} ({part_desc} as the region of interest; lower is more local)")
     pipeline.say(args, f"wrote strip.png, per-seed images{', sweep.gif' if frames else ''} and edit.json in {args.out}")
+    return 0
+
+
+RECIPE_STRIP = 16  # rows shown in strip.png; every seed gets its own images
+
+
+def run_recipe(args):
+    import jax.numpy as jnp
+
+    import panda_jax as pj
+    from panda_jax.refine import refined_factors
+
+    from .. import figures, recipe
+
+    R = recipe.load(args.recipe)
+    path = args.factors if args.factors is not None else R["factors"]["file"]
+    if not os.path.isfile(path):
+        raise ConfigError(f"the recipe's factors {path!r} do not exist; give FACTORS (the same factors file)")
+    F = pj.load_factors(path)
+    recipe.check_factors(R, F, path)
+    if args.layer is not None and args.layer != R["layer"]:
+        raise ConfigError(f"--layer {args.layer} differs from the recipe's layer {R['layer']}; drop --layer")
+    G = pipeline.load_model(args.model if args.model is not None else R["model"])
+    layer = G.check_layer(R["layer"])
+    if tuple(G.layers[layer]) != (F.height, F.width, F.channels):
+        raise ConfigError(f"layer {layer} of this {G.family} is {G.layers[layer]}, the recipe's factors are for "
+                          f"{(F.height, F.width, F.channels)}; give the model the recipe was made on")
+    seeds = A.flatten_seeds(args.seeds)
+    edits = R["edits"]
+    Z, ctx = pipeline.features(G, pipeline.latents_for_seeds(G, seeds), layer, R["truncation"])
+    refined = pj.refine(Z, F, steps=R["refine_steps"]) if R["refine_steps"] else None
+    step = pipeline.RENDER_BATCH
+    E = jnp.concatenate([recipe.apply(Z[i:i + step], F, edits, None if refined is None else refined[i:i + step])
+                         for i in range(0, len(seeds), step)])
+    progress = pipeline.show_progress(args)
+    both = pipeline.render(G, jnp.concatenate([Z, E]), layer, pipeline.tile_ctx(ctx, 2), progress=progress,
+                           desc="edits")
+    imgs, out = both[:len(seeds)], both[len(seeds):]
+    size = imgs.shape[1:3]
+    scores = []
+    for i in range(len(seeds)):
+        Fi = F if refined is None else refined_factors(F, refined[i])
+        region = recipe.region(Fi, edits, size)
+        ok = region.any() and not region.all() and not np.array_equal(imgs[i], out[i])
+        scores.append(float(pj.roir(region, imgs[i], out[i])) if ok else None)
+    with pipeline.Staging(args.out) as st:
+        n = min(len(seeds), RECIPE_STRIP)
+        cells = [[figures.to_uint8(imgs[i]), figures.to_uint8(out[i])] for i in range(n)]
+        more = f" (first {n} of {len(seeds)} seeds)" if n < len(seeds) else ""
+        figures.save_labelled_grid(st.path("strip.png"), cells, [f"seed {s}" for s in seeds[:n]], ["original", "edited"],
+                                   title=f"recipe {os.path.basename(args.recipe)}: {len(edits)} edits at layer {layer}{more}")
+        for i, s in enumerate(seeds):
+            figures.save_image(st.path(f"seed{s}_original.png"), figures.to_uint8(imgs[i]))
+            figures.save_image(st.path(f"seed{s}_edited.png"), figures.to_uint8(out[i]))
+        valid = [r for r in scores if r is not None]
+        pipeline.write_json(st.path("edit.json"), {
+            "recipe": os.path.abspath(args.recipe), "recipe_sha256": recipe.file_sha256(args.recipe),
+            "factors": os.path.abspath(path), "layer": layer, "seeds": seeds, "edits": len(edits),
+            "refine_steps": R["refine_steps"], "roir": {str(s): r for s, r in zip(seeds, scores)},
+            "roir_mean": float(np.mean(valid)) if valid else None,
+            "roir_definition": "paper Eq. 7 over the union of the edits' regions: change outside over change "
+                               "inside (Frobenius); lower is more local",
+        })
+    mean = f"; mean ROIR {np.mean(valid):.3f} over the union of the edits' regions" if valid else ""
+    pipeline.say(args, f"applied {len(edits)} edits to {len(seeds)} seeds{mean}; wrote strip.png, "
+                       f"seed*_original.png, seed*_edited.png and edit.json in {args.out}")
     return 0
