@@ -144,7 +144,7 @@ def jacobian_timing(G, repeat=3, reverse=True):
     torch_best = min(v for k, v in out.items() if k.startswith("torch") and k.endswith("_s") and v)
     out["speedup_vs_best_torch"] = torch_best / t_jax
     # the two Jacobians agree
-    jt = torch.autograd.functional.jacobian(tg, zt, vectorize=True, strategy="forward-mode").reshape(3, 64, 64, -1).permute(1, 2, 0, 3).numpy()
+    jt = torch.autograd.functional.jacobian(tg, zt, vectorize=True, strategy="forward-mode").detach().reshape(3, 64, 64, -1).permute(1, 2, 0, 3).numpy()
     out["max_abs_diff"] = float(np.abs(np.asarray(jac(args, z[0])) - jt).max())
     return out
 
