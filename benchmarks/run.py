@@ -37,7 +37,7 @@ import time
 import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SECTIONS = ("sweep", "convergence", "stochastic", "refinement", "edits", "scale", "memory")
+SECTIONS = ("sweep", "convergence", "stochastic", "refinement", "edits", "scale", "memory", "end_to_end")
 
 # What each mode measures. Shapes are [N, H, W, C]; ranks (R_C, R_S).
 PLANS = {
@@ -485,6 +485,10 @@ def measure(mode: str, only=None) -> tuple[dict, list]:
     else:
         run_workers()
     results.update(worker_results)
+    if "end_to_end" in only:  # fresh processes, after everything else so that nothing runs beside them
+        from . import end_to_end
+
+        _section(results, "end_to_end", lambda: end_to_end.section(end_to_end.PLANS[mode]), failures)
     if "memory" in only and isinstance(results.get("memory"), dict) and "error" not in results["memory"]:
         results["memory"]["compiled"] = compiled
     results["meta"]["wall_s"] = time.perf_counter() - t0

@@ -101,38 +101,55 @@ def _blocks_gram(Y, W, R):
     return jnp.einsum("knr,knq->rq", Y.reshape(K, NR // R, R), W.reshape(K, NR // R, R))
 
 
-def _f_from_Y(Y, AtA, PtP):
-    """The loss minus ``sum ||Z_i||^2``, and ``W = A^T A Y`` and ``sum_n Y_n^T W_n``."""
+def _gram(A, NR: int):
+    """``A^T A`` where forming it is cheaper than applying ``A`` and then ``A^T`` to each
+    ``[R_C, N*R_S]`` block (``R_C <= N R_S``); otherwise ``None`` (see :func:`_gram_times`)."""
+    return A.T @ A if A.shape[1] <= NR else None
+
+
+def _gram_times(A, G, Y):
+    """``W = A^T A Y`` and ``A Y`` (``None`` where ``W`` came from the formed Gram ``G``)."""
+    if G is None:
+        AY = A @ Y
+        return A.T @ AY, AY
+    return G @ Y, None
+
+
+def _f_from_Y(Y, A, G, PtP):
+    """The loss minus ``sum ||Z_i||^2``, and ``W = A^T A Y``, ``sum_n Y_n^T W_n`` and ``A Y``
+    (or ``None``, see :func:`_gram_times`)."""
     R = PtP.shape[0]
-    W = AtA @ Y
+    W, AY = _gram_times(A, G, Y)
     YtW = _blocks_gram(Y, W, R)
-    return -2.0 * jnp.sum(Y * Y) + jnp.sum(YtW * PtP), W, YtW
+    return -2.0 * jnp.sum(Y * Y) + jnp.sum(YtW * PtP), W, YtW, AY
 
 
-def _grad_parts(Zt, A, P, Y, AtA, PtP):
+def _grad_parts(Zt, A, P, Y, G, PtP):
     """:math:`\nabla_P` and the loss terms given ``Y``: one read of the features (``Zt V``)."""
     S, NC = Zt.shape
     C, R = A.shape[0], P.shape[1]
     N = NC // C
-    f, W, YtW = _f_from_Y(Y, AtA, PtP)
+    f, W, YtW, _ = _f_from_Y(Y, A, G, PtP)
     V = A @ (-4.0 * Y + 2.0 * _per_sample(W, PtP, R))  # [C, N*R]
     Vf = jnp.transpose(V.reshape(C, N, R), (1, 0, 2)).reshape(N * C, R)
     return Zt @ Vf + 2.0 * P @ YtW, f
 
 
-def _grad_appearance(Xm, A, Y, AtA, PtP):
-    """:math:`\nabla_A` given ``Xm`` (``X_n = Z_n P``) and ``Y = A^T Xm``; no feature reads."""
+def _grad_appearance(Xm, A, Y, G, PtP):
+    """:math:`\nabla_A` given ``Xm`` (``X_n = Z_n P``) and ``Y = A^T Xm``; no feature reads.
+    ``-4 X Y^T + 2 (A Y) (Y P^T P)^T + 2 (X P^T P) W^T`` summed over samples."""
     R = PtP.shape[0]
-    W = AtA @ Y
+    W, AY = _gram_times(A, G, Y)
+    AY = A @ Y if AY is None else AY
     Xp, Yp = _per_sample(Xm, PtP, R), _per_sample(Y, PtP, R)
-    return -4.0 * Xm @ Y.T + 2.0 * (A @ Y) @ Yp.T + 2.0 * Xp @ W.T
+    return -4.0 * Xm @ Y.T + 2.0 * AY @ Yp.T + 2.0 * Xp @ W.T
 
 
 def loss(features, A, P):
     """The summed loss via the cheap association (no ``S x S`` products)."""
     Zf = flatten(features)
     Xm = _parts_pass(to_columns(Zf), P, Zf.shape[2])
-    return jnp.sum(Zf * Zf) + _f_from_Y(A.T @ Xm, A.T @ A, P.T @ P)[0]
+    return jnp.sum(Zf * Zf) + _f_from_Y(A.T @ Xm, A, _gram(A, Xm.shape[1]), P.T @ P)[0]
 
 
 def grads(features, A, P):
@@ -140,10 +157,10 @@ def grads(features, A, P):
     Zf = flatten(features)
     Zt = to_columns(Zf)
     Xm = _parts_pass(Zt, P, Zf.shape[2])
-    AtA, PtP = A.T @ A, P.T @ P
+    G, PtP = _gram(A, Xm.shape[1]), P.T @ P
     Y = A.T @ Xm
-    gP, _ = _grad_parts(Zt, A, P, Y, AtA, PtP)
-    return gP, _grad_appearance(Xm, A, Y, AtA, PtP)
+    gP, _ = _grad_parts(Zt, A, P, Y, G, PtP)
+    return gP, _grad_appearance(Xm, A, Y, G, PtP)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,11 +430,11 @@ def _step_fixed(Zt, s: PGDState) -> tuple[PGDState, jax.Array]:
     """The original's step with a fixed learning rate; returns the new state and the loss
     (minus ``||Z||^2``) at the start of the step."""
     A, P, C = s.A, s.P, s.A.shape[0]
-    AtA, PtP = A.T @ A, P.T @ P
-    gP, f = _grad_parts(Zt, A, P, A.T @ s.Xm, AtA, PtP)
+    G, PtP = _gram(A, s.Xm.shape[1]), P.T @ P
+    gP, f = _grad_parts(Zt, A, P, A.T @ s.Xm, G, PtP)
     P = jnp.maximum(P - s.eta_parts * gP, 0.0)
     Xm = _parts_pass(Zt, P, C)
-    gA = _grad_appearance(Xm, A, A.T @ Xm, AtA, P.T @ P)
+    gA = _grad_appearance(Xm, A, A.T @ Xm, G, P.T @ P)
     return s._replace(A=A - s.eta_appearance * gA, P=P, Xm=Xm), f
 
 
@@ -425,14 +442,15 @@ def _step_auto(Zt, s: PGDState, scale, cap_parts, cap_appearance) -> tuple[PGDSt
     """A step with each block's step size found by backtracking from the last accepted one
     (grown by a factor, up to a cap of ``AUTO_STEP / L`` from :func:`block_curvatures`)."""
     A, P, C = s.A, s.P, s.A.shape[0]
-    AtA, PtP = A.T @ A, P.T @ P
-    gP, f = _grad_parts(Zt, A, P, A.T @ s.Xm, AtA, PtP)
+    NR = s.Xm.shape[1]
+    G, PtP = _gram(A, NR), P.T @ P
+    gP, f = _grad_parts(Zt, A, P, A.T @ s.Xm, G, PtP)
 
     def parts_trial(eta):
         Pn = jnp.maximum(P - eta * gP, 0.0)
         Xn = _parts_pass(Zt, Pn, C)
         Yn = A.T @ Xn
-        fn = _f_from_Y(Yn, AtA, Pn.T @ Pn)[0]
+        fn = _f_from_Y(Yn, A, G, Pn.T @ Pn)[0]
         return _PartsTrial(Pn, Xn, Yn, fn), armijo_ok(fn, f, gP, Pn - P, eta, scale)
 
     sp = backtrack(parts_trial, jnp.minimum(s.eta_parts * _GROW, cap_parts))
@@ -441,11 +459,11 @@ def _step_auto(Zt, s: PGDState, scale, cap_parts, cap_appearance) -> tuple[PGDSt
     fP = jnp.where(sp.ok, sp.out.f, f)
 
     PtP = P.T @ P
-    gA = _grad_appearance(Xm, A, Y, AtA, PtP)
+    gA = _grad_appearance(Xm, A, Y, G, PtP)
 
     def appearance_trial(eta):
         An = A - eta * gA
-        fn = _f_from_Y(An.T @ Xm, An.T @ An, PtP)[0]
+        fn = _f_from_Y(An.T @ Xm, An, _gram(An, NR), PtP)[0]
         return An, armijo_ok(fn, fP, gA, An - A, eta, scale)
 
     sa = backtrack(appearance_trial, jnp.minimum(s.eta_appearance * _GROW, cap_appearance))
@@ -529,7 +547,7 @@ def _run_chunk_adam(Zt, state: AdamState, n, *, chunk: int, optimizer):
 
     def mean_loss(A, P):
         Xm = _parts_pass(Zt, P, C)
-        return (sqz + _f_from_Y(A.T @ Xm, A.T @ A, P.T @ P)[0]) / N
+        return (sqz + _f_from_Y(A.T @ Xm, A, _gram(A, Xm.shape[1]), P.T @ P)[0]) / N
 
     def body(t, carry):
         s, losses = carry

@@ -73,7 +73,7 @@ def compile_cache(enabled: bool) -> None:
     from .pipeline import cache_dir
 
     jax.config.update("jax_compilation_cache_dir", os.path.join(cache_dir(), "jax-compile"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
