@@ -13,7 +13,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-SECTIONS = ("sweep", "convergence", "stochastic", "refinement", "edits", "scale", "memory")
+SECTIONS = ("sweep", "convergence", "stochastic", "refinement", "edits", "scale", "memory", "end_to_end")
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +74,12 @@ def test_quick_run_writes_json_with_every_section(quick_run):
     assert all(r["peak_rss_bytes"] > 0 for r in mem)
     assert res["memory"]["compiled"] and "temp_bytes" in res["memory"]["compiled"][0]
 
+    e2e = res["end_to_end"]
+    assert e2e["original"]["final_parts_finite"]
+    assert e2e["original"]["features_shape"] == [16, 16, 16, 128]  # the faces DCGAN's layer 3
+    # The second run reuses the converted model and the compiled programs of the first.
+    assert 0 < e2e["panda_jax_cached_run"]["process_wall_s"] < e2e["panda_jax_first_run"]["process_wall_s"]
+
 
 def test_quick_run_writes_plots_and_report(quick_run):
     out, _, stdout = quick_run
@@ -83,7 +89,8 @@ def test_quick_run_writes_plots_and_report(quick_run):
     md = (out / "RESULTS.md").read_text()
     for heading in ("## Machine", "## 1. Full-batch fit: one iteration", "## 2. Full-batch fit to convergence",
                     "## 3. Stochastic fit with the generator in the loop", "## 4. Refinement",
-                    "## 5. Edits rendered per second", "## 6. Several devices", "## 7. Memory"):
+                    "## 5. Edits rendered per second", "## 6. Several devices", "## 7. Memory",
+                    "## 8. Time to parts, end to end"):
         assert heading in md, heading
     assert "Quick mode" in md and "failed" not in md.lower()
     assert "(sweep.png)" in md
