@@ -147,7 +147,7 @@ def _descriptors(level, key, per_image: int, patch: int):
     return level[n, rows, cols].reshape(N * per_image, patch * patch * C)
 
 
-def sliced_wasserstein(a, b, key, *, directions: int = 512, repeats: int = 4):
+def sliced_wasserstein(a, b, key, *, directions: int = 128, repeats: int = 4):
     """Sliced Wasserstein distance between two equal-size point sets ``[M, D]``: the mean over
     ``repeats x directions`` random unit directions of the mean absolute difference between the
     sorted projections (the reference code's ``sliced_wasserstein``)."""
@@ -161,12 +161,18 @@ def sliced_wasserstein(a, b, key, *, directions: int = 512, repeats: int = 4):
 
 
 def swd(images_a, images_b, key=None, *, per_image: int = 128, patch: int = 7, min_resolution: int = 16,
-        directions: int = 512, repeats: int = 4) -> dict:
+        directions: int = 128, repeats: int = 4) -> dict:
     """Laplacian-pyramid sliced Wasserstein distance (Karras et al., 2018) between two image sets
     ``[N, H, W, C]`` of one size, per pyramid level (finest first) and averaged; values x 1e3 as the
     paper reports them. Descriptors are ``patch x patch`` neighbourhoods, ``per_image`` per image and
-    level, normalised per colour channel, each set by its own statistics (as the reference code).
+    level, normalised per colour channel, each set by its own statistics (as the reference code,
+    whose defaults these are: 128 descriptors per image, 4 repeats of 128 directions).
     Pyramid levels run from the full size down to ``min_resolution``.
+
+    The descriptors are drawn in one jitted program; the projections are sorted on the host with
+    NumPy, several times faster than XLA's CPU sort at these sizes (a set of 1,000 images holds
+    128,000 descriptors per level). The result equals :func:`sliced_wasserstein` on the same
+    descriptors and key.
     """
     key = checks.key(key)
     if np.shape(images_a) != np.shape(images_b) or np.ndim(images_a) != 4:
@@ -178,23 +184,37 @@ def swd(images_a, images_b, key=None, *, per_image: int = 128, patch: int = 7, m
         levels, res = levels + 1, res // 2
     if levels == 0:
         raise ConfigError(f"images of {H}x{W} are smaller than min_resolution {min_resolution}; use larger images")
-    per_level = [float(v) * 1e3 for v in _swd_levels(
-        jnp.asarray(images_a, jnp.float32), jnp.asarray(images_b, jnp.float32), key, levels=levels,
-        per_image=per_image, patch=patch, directions=directions, repeats=repeats)]
+    descs = _swd_descriptors(jnp.asarray(images_a, jnp.float32), jnp.asarray(images_b, jnp.float32), key,
+                             levels=levels, per_image=per_image, patch=patch)
+    per_level = []
+    for lev, (da, db) in enumerate(descs):
+        k_s = jax.random.split(jax.random.fold_in(key, lev), 3)[2]
+        per_level.append(_sliced_wasserstein_host(np.asarray(da), np.asarray(db), k_s, directions, repeats) * 1e3)
     return {"levels": [int(min(H, W)) >> i for i in range(levels)], "per_level": per_level,
             "mean": float(np.mean(per_level))}
 
 
-@partial(jax.jit, static_argnames=("levels", "per_image", "patch", "directions", "repeats"))
-def _swd_levels(a, b, key, *, levels, per_image, patch, directions, repeats):
+def _sliced_wasserstein_host(a, b, key, directions: int, repeats: int) -> float:
+    """:func:`sliced_wasserstein` with the sorts in NumPy (same directions for the same key)."""
+    out = []
+    for k in jax.random.split(key, repeats):
+        d = jax.random.normal(k, (a.shape[1], directions), jnp.float32)
+        d = np.asarray(d / jnp.linalg.norm(d, axis=0, keepdims=True))
+        pa, pb = np.sort(a @ d, axis=0), np.sort(b @ d, axis=0)
+        out.append(float(np.mean(np.abs(pa - pb), dtype=np.float64)))
+    return float(np.mean(out))
+
+
+@partial(jax.jit, static_argnames=("levels", "per_image", "patch"))
+def _swd_descriptors(a, b, key, *, levels, per_image, patch):
+    """Each level's normalised descriptors of both sets, keyed as :func:`swd` documents."""
     C = a.shape[-1]
     out = []
     for lev, (la, lb) in enumerate(zip(laplacian_pyramid(a, levels), laplacian_pyramid(b, levels))):
-        k_a, k_b, k_s = jax.random.split(jax.random.fold_in(key, lev), 3)
-        da = _normalise(_descriptors(la, k_a, per_image, patch), C)
-        db = _normalise(_descriptors(lb, k_b, per_image, patch), C)
-        out.append(sliced_wasserstein(da, db, k_s, directions=directions, repeats=repeats))
-    return jnp.stack(out)
+        k_a, k_b, _ = jax.random.split(jax.random.fold_in(key, lev), 3)
+        out.append((_normalise(_descriptors(la, k_a, per_image, patch), C),
+                    _normalise(_descriptors(lb, k_b, per_image, patch), C)))
+    return out
 
 
 def _normalise(desc, C: int):
