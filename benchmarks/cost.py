@@ -15,28 +15,27 @@ F32 = 4
 
 def fit_step_flops(N: int, S: int, C: int, rc: int, rs: int) -> int:
     """One fixed-step iteration of Algorithm 1 with panda-jax's association
-    (:func:`panda_jax.factorize._step_fixed`, also ``torch_reference.decompose_fast``).
+    (:func:`panda_jax.factorize._step_fixed`).
 
     The two passes over the features (``Z^T V`` for the parts gradient, ``Z P`` for the new
-    parts) cost ``4 N S C R_S``; the rest works on ``[N, C, R_S]`` and ``[C, R_C]`` arrays."""
+    parts) cost ``4 N S C R_S``; the rest works on ``[C or R_C, N R_S]`` blocks and ``[C, R_C]``
+    arrays. ``W = A^T A Y`` comes from the formed Gram ``A^T A`` when ``R_C <= N R_S`` and
+    from ``A^T (A Y)`` otherwise (``panda_jax.factorize._gram``)."""
+    NR = N * rs
     big = 2 * (2 * N * S * C * rs)  # Z^T V and Z P
-    per_sample = N * (
-        2 * C * rc * rs  # Y = A^T X
-        + 2 * rc * rc * rs  # W = A^T A Y
-        + 2 * rc * rs * rs  # Y^T W
-        + 2 * rc * rs * rs  # W P^T P
-        + 2 * C * rc * rs  # V = A (...)
-        + 2 * C * rs * rc  # U = X^T A
-        + 2 * C * rs * rc  # T1 = X U
-        + 2 * C * rs * rs  # X P^T P
-        + 2 * C * rs * rc  # M = (X P^T P) U
-    )
+    block = 2 * C * rc * NR  # one [C, R_C] x [R_C, N R_S] product (or a transposed one)
+    products = 6 * block  # Y = A^T X before and after the parts step, V = A (...), three in grad A
+    if rc <= NR:
+        products += 2 * C * rc * rc + 2 * (2 * rc * rc * NR) + block  # A^T A; W twice; A Y
+    else:
+        products += 4 * block  # A Y and A^T (A Y), before and after the parts step
     small = (
-        2 * 2 * C * rc * rc  # A^T A twice
+        2 * rc * NR * rs  # sum_n Y_n^T W_n
+        + 2 * rc * NR * rs  # W P^T P
+        + 2 * C * NR * rs + 2 * rc * NR * rs  # X P^T P, Y P^T P
         + 3 * 2 * S * rs * rs  # P^T P twice, P (Y^T W)
-        + 4 * 2 * C * rc * rc  # A (A^T M), M (A^T A)
     )
-    return big + per_sample + small
+    return big + products + small
 
 
 def fit_step_feature_bytes(N: int, S: int, C: int) -> int:
