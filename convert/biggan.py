@@ -198,15 +198,27 @@ def config_from_json(cfg: Mapping, where: str) -> dict:
     return out
 
 
-def _differences(a: Mapping, b: Mapping, keys) -> list[str]:
+def _attention_at(config: Mapping):
+    """The block the attention precedes, or None: the original adds none at other positions."""
+    pos, layers = config.get("attention_layer_position"), config.get("layers") or []
+    ok = isinstance(pos, int) and not isinstance(pos, bool) and 0 <= pos < len(layers)
+    return pos if ok else None
+
+
+def _differences(a: Mapping, b: Mapping, keys, flags: bool = True) -> list[str]:
+    """What differs between two configs in ``keys``; ``flags=False`` leaves the upsampling flags
+    out (weights do not show them, so a config.json is not checked against inferred ones)."""
     diffs = []
     for k in keys:
-        if k == "layers":
+        if k == "attention_layer_position":
+            if _attention_at(a) != _attention_at(b):
+                diffs.append(f"attention before block {_attention_at(a)} vs {_attention_at(b)} (None: no attention)")
+        elif k == "layers":
             la = [[bool(x[0]), int(x[1]), int(x[2])] for x in a[k]]
             lb = [[bool(x[0]), int(x[1]), int(x[2])] for x in b[k]]
             if [x[1:] for x in la] != [x[1:] for x in lb]:
                 diffs.append(f"layers (in/out channel multipliers) {[x[1:] for x in la]} vs {[x[1:] for x in lb]}")
-            elif [x[0] for x in la] != [x[0] for x in lb]:
+            elif flags and [x[0] for x in la] != [x[0] for x in lb]:
                 diffs.append(f"layers (upsampling flags) {[x[0] for x in la]} vs {[x[0] for x in lb]}")
         elif a.get(k) != b.get(k):
             diffs.append(f"{k} {a.get(k)!r} vs {b.get(k)!r}")
@@ -246,7 +258,7 @@ def config_for(obj, arch: str | None = None) -> tuple[str, dict]:
     if isinstance(obj, dict) and obj.get("kind") == "hf_folder":
         where = f"{obj.get('path')!r}/config.json"
         config = config_from_json(obj["config"], where)
-        diffs = _differences(config, inferred, _SHAPE_KEYS)
+        diffs = _differences(config, inferred, _SHAPE_KEYS, flags=False)
         if diffs:
             raise CheckpointError(
                 f"{where} disagrees with the weights in pytorch_model.bin (config vs weights): "

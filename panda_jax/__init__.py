@@ -19,6 +19,7 @@ from .errors import (
     CheckpointError,
     ConfigError,
     ConvergenceWarning,
+    DirectionsError,
     DivergenceError,
     FactorsError,
     FeatureError,
@@ -37,8 +38,8 @@ from . import directions  # noqa: E402  (the baselines: SeFa, GANSpace, ReSeFa)
 __version__ = "0.1.0"
 
 __all__ = [
-    "CheckpointError", "ConfigError", "ConvergenceWarning", "DivergenceError", "Factors", "FactorsError",
-    "FeatureError", "FitInterrupted", "FitResult", "LayerError", "PandaError", "RankError", "checked",
+    "CheckpointError", "ConfigError", "ConvergenceWarning", "DirectionsError", "DivergenceError", "Factors",
+    "FactorsError", "FeatureError", "FitInterrupted", "FitResult", "LayerError", "PandaError", "RankError", "checked",
     "direction", "edit", "edit_sweep", "fit", "fit_stream", "hosvd_init", "load_factors", "load_original",
     "localize", "loss", "naive_loss", "part_map", "part_stats", "reconstruction_error", "refine",
     "remove_background", "resize_maps", "roir", "saliency", "swd", "save_factors", "save_original",

@@ -25,6 +25,10 @@ class FactorsError(PandaError):
     """Factor files that cannot be read, or factors whose shapes do not fit."""
 
 
+class DirectionsError(PandaError):
+    """Latent direction files that cannot be read, or directions that do not fit the generator."""
+
+
 class CheckpointError(PandaError):
     """A checkpoint that is missing, unreadable, unsafe, or of another architecture."""
 

@@ -95,7 +95,10 @@ def bn_selection(truncation: float, n_stats: int) -> tuple[tuple[int, int], tupl
     coef, start = math.modf(truncation / (1.0 / (n_stats - 1)))
     start = int(start)
     if coef != 0.0:
-        return (start, start + 1), (coef, 1.0 - coef)
+        # For some n_stats (50, 99, 104, ...) truncation 1.0 lands a hair above the last row
+        # (1 / (1 / 49) = 49.00000000000001); the original then indexes row n_stats and fails.
+        # Here the row past the end is the last one, so the result is that row.
+        return (start, min(start + 1, n_stats - 1)), (coef, 1.0 - coef)
     return (start, min(start + 1, n_stats - 1)), (1.0, 0.0)
 
 
@@ -289,9 +292,14 @@ def _direct(module, *args):
 
 
 class Blocks(Kind):
-    """BigGAN-deep's block list: ``[upsample (bool), in_mult (int), out_mult (int)]`` per block."""
+    """BigGAN-deep's block list: ``[upsample, in_mult (int), out_mult (int)]`` per block. The
+    upsampling flag is a bool, or 0 / 1 (the original only tests its truth)."""
 
     want = "a list of [upsample (bool), in_mult (int), out_mult (int)] blocks"
+
+    @staticmethod
+    def _flag(u) -> bool:
+        return isinstance(u, (bool, np.bool_)) or (isinstance(u, (int, np.integer)) and u in (0, 1))
 
     def __call__(self, where, name, value, example=None):
         try:
@@ -299,7 +307,7 @@ class Blocks(Kind):
         except TypeError:
             blocks = None
         if not blocks or any(
-            len(b) != 3 or not isinstance(b[0], (bool, np.bool_))
+            len(b) != 3 or not self._flag(b[0])
             or any(isinstance(m, (bool, np.bool_)) or not isinstance(m, (int, np.integer)) or m < 1 for m in b[1:])
             for b in blocks
         ):
@@ -311,18 +319,27 @@ class Blocks(Kind):
 class BigGANConfig(FamilyConfig):
     """BigGAN-deep settings: the HuggingFace ``config.json`` fields. ``layers`` lists the
     blocks (upsample, input and output channel multipliers of ``channel_width``); the self-attention
-    module sits before block ``attention_layer_position``; ``n_stats`` batch-norm statistics
-    rows cover truncations 0..1. :meth:`deep` gives the released models' configs."""
+    module sits before block ``attention_layer_position`` (none when the position is not a block
+    index, e.g. negative or ``len(layers)``, as in the original); ``n_stats`` batch-norm
+    statistics rows cover truncations 0..1. :meth:`deep` gives the released models' configs.
+
+    Every config the original ``pytorch_pretrained_biggan`` builds and runs with an RGB output is
+    accepted: channel counts are floored where the original floors them (the bottleneck
+    ``C // 4``, the attention's ``C // 8`` and ``C // 2``), and ``output_dim`` and
+    ``class_embed_dim`` are kept but unused, as there (the resolution follows from ``layers``).
+    Refused are exactly the configs the original fails on (a zero-channel bottleneck or attention
+    projection, blocks whose channels do not chain, ``n_stats`` < 2) and ``channel_width`` < 3,
+    where the original's image has fewer than 3 channels."""
 
     family: ClassVar[str] = "biggan"
-    output_dim: int = setting(Int(), 128)
+    output_dim: int = setting(Int(), 128)  # stored by the original, unused by its model
     z_dim: int = setting(Int(), 128)
-    class_embed_dim: int = setting(Int(), 128)  # stored by the original, unused by its model
+    class_embed_dim: int = setting(Int(lo=None), 128)  # stored by the original, unused by its model
     channel_width: int = setting(Int(), 128)
     num_classes: int = setting(Int(), 1000)
     layers: tuple = setting(Blocks(), DEEP_128_LAYERS)
-    attention_layer_position: int = setting(Int(lo=0), 8)
-    eps: float = setting(Float(positive=True), 1e-4)
+    attention_layer_position: int = setting(Int(lo=None), 8)
+    eps: float = setting(Float(), 1e-4)
     n_stats: int = setting(Int(lo=2), 51)
 
     @classmethod
@@ -333,6 +350,16 @@ class BigGANConfig(FamilyConfig):
             raise ConfigError(f"biggan: BigGAN-deep was released at 128, 256 and 512 px, not {resolution!r}")
         return cls.from_dict(dict(output_dim=resolution, layers=blocks[resolution]), **changes)
 
+    @property
+    def attention(self) -> int | None:
+        """The block index the self-attention module precedes, or None (no attention)."""
+        return self.attention_layer_position if 0 <= self.attention_layer_position < len(self.layers) else None
+
+    @property
+    def resolution(self) -> int:
+        """The image size ``layers`` give: 4 doubled at each upsampling block (``output_dim`` is unused)."""
+        return 4 * 2 ** sum(u for u, _, _ in self.layers)
+
     def check(self):
         ch, prev = self.channel_width, 16
         for i, (up, a, b) in enumerate(self.layers):
@@ -342,24 +369,28 @@ class BigGANConfig(FamilyConfig):
                     "each block's in_mult must equal the previous out_mult (16 for the first block)"
                 )
             if b != a and 2 * b != a:
-                self.fail(f"layers[{i}]={[up, a, b]}: out_mult must equal in_mult or be half of it")
-            if (ch * a) % 4:
-                self.fail(f"layers[{i}]: {ch * a} channels are not divisible by 4 (bottleneck width)")
+                self.fail(
+                    f"layers[{i}]={[up, a, b]}: out_mult must equal in_mult or be half of it (the skip path "
+                    "keeps the first half of the channels)"
+                )
+            if ch * a < 4:
+                self.fail(
+                    f"layers[{i}]: {ch * a} input channels leave a bottleneck of {ch * a} // 4 = 0 channels; "
+                    "the original cannot build it either. Give channel_width * in_mult >= 4"
+                )
             prev = b
         if prev != 1:
             self.fail(f"layers end with out_mult {prev}; the last block must give 1 x channel_width channels")
         if ch < 3:
             self.fail(f"channel_width={ch} is below 3; the RGB head keeps the first 3 channels")
-        ups = sum(u for u, _, _ in self.layers)
-        if 4 * 2**ups != self.output_dim:
-            self.fail(
-                f"output_dim={self.output_dim} does not match the {ups} upsampling blocks in layers "
-                f"(4 * 2^{ups} = {4 * 2**ups})"
-            )
-        if self.attention_layer_position < len(self.layers):
-            c_att = ch * self.layers[self.attention_layer_position][1]
-            if c_att % 8:
-                self.fail(f"self-attention needs channels divisible by 8, got {c_att}")
+        if self.attention is not None:
+            c_att = ch * self.layers[self.attention][1]
+            if c_att < 8:
+                self.fail(
+                    f"self-attention before layers[{self.attention}] has {c_att} channels, leaving {c_att} // 8 = 0 "
+                    "query and key channels; the original cannot build it either. Give channel_width * in_mult >= 8 "
+                    "there, or move attention_layer_position"
+                )
 
 
 # ---- the generator ----------------------------------------------------------------------
@@ -380,7 +411,7 @@ class BigGAN(Generator):
         modules, kinds, shapes = [], [], []
         res = 4
         for i, (up, a, b) in enumerate(cfg.layers):
-            if i == cfg.attention_layer_position:
+            if i == cfg.attention:
                 modules.append(_SelfAttention(ch * a))
                 kinds.append("attention")
                 shapes.append((res, res, ch * a))

@@ -46,14 +46,18 @@ class Kind:
 
 
 class Int(Kind):
-    """A Python or numpy integer (never a bool or a float) ``>= lo``."""
+    """A Python or numpy integer (never a bool or a float) ``>= lo`` (any integer when ``lo`` is None)."""
 
-    def __init__(self, lo: int = 1):
+    def __init__(self, lo: int | None = 1):
         self.lo = lo
-        self.want = "a positive integer" if lo == 1 else f"an integer >= {lo}"
+        self.want = "an integer" if lo is None else "a positive integer" if lo == 1 else f"an integer >= {lo}"
 
     def __call__(self, where, name, value, example=None):
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < self.lo:
+        if (
+            isinstance(value, (bool, np.bool_))
+            or not isinstance(value, (int, np.integer))
+            or (self.lo is not None and value < self.lo)
+        ):
             self.fail(where, name, value, example)
         return int(value)
 

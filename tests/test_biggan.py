@@ -21,7 +21,7 @@ from convert.transforms import apply_rules
 from panda_jax.errors import CheckpointError, ConfigError, FeatureError, LayerError
 from ported_gens import zoo
 from ported_gens.base import Generator, Latents, abstract
-from ported_gens.biggan import bn_selection, check_truncation, class_index, class_indices, imagenet_classes
+from ported_gens.biggan import BigGANConfig, bn_selection, check_truncation, class_index, class_indices, imagenet_classes
 
 # float32 against the float32 original: the README measures 8.6e-6 between thread counts and
 # 1.5e-5 between float32 and float64, so 1e-4 leaves room for a different summation order.
@@ -318,7 +318,6 @@ def test_a_config_that_disagrees_with_the_weights_is_reported(folder, tmp_path):
     cases = [
         (dict(good, channel_width=8), r"disagrees with the weights.*channel_width 8 vs 4"),
         (dict(good, layers=good["layers"][:-2] + [[False, 2, 2], [True, 2, 1]] * 2), r"layers"),
-        (dict(good, output_dim=256), r"output_dim=256 does not match the 5 upsampling blocks"),
         (dict(good, n_stats=41), r"n_stats 41 vs 51"),
         (dict(good, layers=[[True, 16]]), r"expected a list of \[upsample, in_mult, out_mult\]"),
         ([good], r"holds a JSON list"),
@@ -344,3 +343,187 @@ def test_missing_and_misshapen_tensors_are_listed(G, folder, tmp_path):
     sd = dict(obj["state_dict"], extra_tensor=np.zeros(3, np.float32))
     with pytest.raises(CheckpointError, match="extra_tensor"):
         cb.to_generator(dict(obj, state_dict=sd))
+
+
+# ---- every config the original builds ---------------------------------------------------
+# The original (pytorch_pretrained_biggan/model.py) floors channel counts: GenBlock's bottleneck is
+# in_size // 4, SelfAttn's projections in_channels // 8 and // 2; it ignores output_dim and
+# class_embed_dim, tests the upsampling flag only for truth, and adds no attention when
+# attention_layer_position is no block index. Zero-channel convolutions fail in its spectral norm.
+
+
+def _original_shapes(cfg: dict) -> dict[str, tuple]:
+    """The original BigGAN's state-dict keys and shapes for ``cfg`` (a HuggingFace config dict)."""
+    ch, z, n = cfg["channel_width"], cfg["z_dim"], cfg["n_stats"]
+    shapes = {"embeddings.weight": (z, cfg["num_classes"])}
+
+    def sn(key, out, *rest, bias=True):
+        shapes[f"{key}.weight_orig"] = (out, *rest)
+        shapes[f"{key}.weight_u"] = (out,)
+        shapes[f"{key}.weight_v"] = (int(np.prod(rest)),)
+        if bias:
+            shapes[f"{key}.bias"] = (out,)
+
+    sn("generator.gen_z", 4 * 4 * 16 * ch, 2 * z)
+    j = 0
+    for i, (_, a, b) in enumerate(cfg["layers"]):
+        p = f"generator.layers.{j}"
+        if i == cfg["attention_layer_position"]:
+            c = ch * a
+            for name, out, cin in (("theta", c // 8, c), ("phi", c // 8, c), ("g", c // 2, c), ("o_conv", c, c // 2)):
+                sn(f"{p}.snconv1x1_{name}", out, cin, 1, 1, bias=False)
+            shapes[f"{p}.gamma"] = (1,)
+            j += 1
+            p = f"generator.layers.{j}"
+        cin, cout = ch * a, ch * b
+        mid = cin // 4
+        for k, (c_bn, c_out, c_in, size) in enumerate(
+            ((cin, mid, cin, 1), (mid, mid, mid, 3), (mid, mid, mid, 3), (mid, cout, mid, 1))
+        ):
+            shapes[f"{p}.bn_{k}.running_means"] = shapes[f"{p}.bn_{k}.running_vars"] = (n, c_bn)
+            sn(f"{p}.bn_{k}.scale", c_bn, 2 * z, bias=False)
+            sn(f"{p}.bn_{k}.offset", c_bn, 2 * z, bias=False)
+            sn(f"{p}.conv_{k}", c_out, c_in, size, size)
+        j += 1
+    for name in ("running_means", "running_vars"):
+        shapes[f"generator.bn.{name}"] = (n, ch)
+    shapes["generator.bn.weight"] = shapes["generator.bn.bias"] = (ch,)
+    sn("generator.conv_to_rgb", ch, ch, 3, 3)
+    return shapes
+
+
+def _original_state_dict(cfg: dict, seed: int = 0) -> dict:
+    """Random torch tensors of the original's shapes: spectral-norm ``u``, ``v`` converged (the top
+    singular vectors), positive variances, attention gamma 0.8."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    shapes = _original_shapes(cfg)
+    sd = {}
+    for key, shape in shapes.items():
+        if key.endswith("weight_orig"):
+            w = rng.standard_normal(shape).reshape(shape[0], -1)
+            u, _, vt = np.linalg.svd(w, full_matrices=False)
+            base = key[: -len("weight_orig")]
+            sd[key] = w.reshape(shape)
+            sd[base + "weight_u"], sd[base + "weight_v"] = u[:, 0], vt[0]
+        elif key.endswith(("weight_u", "weight_v")):
+            continue
+        elif key.endswith("running_vars"):
+            sd[key] = 0.5 + rng.random(shape)
+        elif key.endswith("gamma"):
+            sd[key] = np.full(shape, 0.8)
+        else:
+            sd[key] = 0.5 * rng.standard_normal(shape)
+    return {k: torch.tensor(np.asarray(v, np.float32)) for k, v in sd.items()}
+
+
+def _hf_folder(path, cfg: dict, seed: int = 0) -> str:
+    import torch
+
+    os.makedirs(path)
+    torch.save(_original_state_dict(cfg, seed), os.path.join(path, "pytorch_model.bin"))
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    return str(path)
+
+
+_SMALL = dict(z_dim=8, class_embed_dim=8, num_classes=5, eps=1e-4, n_stats=3, output_dim=16,
+              layers=[[True, 16, 8], [False, 8, 4], [True, 4, 2], [False, 2, 1]])
+ODD_CONFIGS = {
+    # 12 attention channels: 12 // 8 = 1 query/key channel, 6 value channels (the issue's channel_width 6);
+    # 0/1 upsampling flags, an output_dim the layers do not give, and n_stats 50, whose truncation-1.0
+    # selection lands a hair past the last row.
+    "width6": dict(_SMALL, channel_width=6, attention_layer_position=3, output_dim=128, n_stats=50,
+                   layers=[[1, 16, 8], [0, 8, 4], [1, 4, 2], [0, 2, 1]]),
+    # 10 attention channels (1 and 5), bottlenecks 10 // 4 = 2 and 20 // 4 = 5.
+    "width5": dict(_SMALL, channel_width=5, attention_layer_position=3),
+    # attention at 4x4 before the first block (48 channels), bottlenecks 12, 6, 3 and 6 // 4 = 1;
+    # upsampling in the first and third blocks (not the every-second-block pattern of the releases).
+    "width3": dict(_SMALL, channel_width=3, attention_layer_position=0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ODD_CONFIGS))
+def test_configs_the_original_floors_convert_and_run(name, tmp_path):
+    cfg = ODD_CONFIGS[name]
+    G = convert.to_generator(_hf_folder(tmp_path / name, cfg))
+    ch, pos = cfg["channel_width"], cfg["attention_layer_position"]
+    c = ch * cfg["layers"][pos][1]
+    att = G.blocks[pos]
+    assert G.kinds[pos] == "attention"
+    assert (att.theta.shape, att.phi.shape, att.g.shape, att.o.shape) == ((c, c // 8),) * 2 + ((c, c // 2), (c // 2, c))
+    for j, kind in enumerate(G.kinds):  # the floored bottlenecks
+        if kind == "block":
+            cin = G.blocks[j].bn_0.means.shape[1]
+            assert G.blocks[j].conv_0.kernel.shape == (cin, cin // 4)
+    assert len(G.layers) == len(cfg["layers"])  # attention counted, the last module is no layer
+    assert G.layers[max(G.layers)][:2] == (16, 16)  # from the layers, not output_dim
+
+    lat = G.sample_latents(jax.random.key(0), 2, classes=[0, 4])
+    img = np.asarray(G.generate(lat, truncation=1.0))
+    assert img.shape == (2, 16, 16, 3) and np.isfinite(img).all() and img.std() > 1e-3
+    assert np.array_equal(np.asarray(G.generate(lat, truncation=1.0)), img)  # deterministic
+    Z, ctx = G.features(lat, pos + 1, truncation=0.5)  # resuming after the attention
+    assert Z.shape[1:] == G.layers[pos + 1] and np.isfinite(np.asarray(Z)).all()
+    assert maxabs(G.render(Z, pos + 1, ctx), G.generate(lat, truncation=0.5)) <= 1e-6
+
+
+def test_the_state_dict_helper_lists_the_original_full_size_keys(folder):
+    with open(os.path.join(folder, "keys_full.json")) as f:
+        full = json.load(f)
+    want = {k: tuple(v["shape"]) for k, v in full["state_dict"].items()}
+    assert _original_shapes(full["constructor_kwargs"]) == want
+    small = {k: tuple(v.shape) for k, v in readers.read(folder)["state_dict"].items()}
+    with open(os.path.join(folder, "config.json")) as f:
+        assert _original_shapes(json.load(f)) == small
+
+
+def test_fields_the_original_ignores_keep_parity(folder, io, image, tmp_path):
+    """The test model's folder with 0/1 upsampling flags, another output_dim and a zero
+    class_embed_dim converts to the same generator: the original reads none of them."""
+    with open(os.path.join(folder, "config.json")) as f:
+        cfg = json.load(f)
+    cfg = dict(cfg, output_dim=999, class_embed_dim=0, layers=[[int(u), a, b] for u, a, b in cfg["layers"]])
+    G = convert.to_generator(_folder_with(tmp_path, folder, config=cfg))
+    img = np.asarray(G.generate(Latents(io["noise_vector"], io["class_vector"]), float(io["truncation"])))
+    assert maxabs(img, nhwc(io["image"])) <= ATOL
+    assert np.array_equal(img, image)
+
+
+def test_attention_positions_that_name_no_block_mean_no_attention(tmp_path):
+    base = dict(_SMALL, channel_width=4)
+    for pos in (-1, 4, 9):
+        cfg = BigGANConfig.from_dict(base, attention_layer_position=pos)
+        assert cfg.attention is None
+        m = abstract("biggan", cfg.to_dict())
+        assert m.kinds == ("block",) * 4 and sorted(m.layers) == [1, 2, 3]
+    # A folder whose config.json says -1 agrees with weights that have no attention module.
+    d = _hf_folder(tmp_path / "noattn", dict(base, attention_layer_position=-1))
+    G = convert.to_generator(d)
+    assert G.config["attention_layer_position"] == -1 and "attention" not in G.kinds
+
+
+def test_configs_the_original_cannot_build_are_refused_with_the_reason():
+    base = dict(_SMALL, channel_width=4, attention_layer_position=2)
+    cases = [
+        # 3 x 2 = 6 attention channels: 6 // 8 = 0 (the original's spectral norm fails on it)
+        (dict(base, channel_width=3, attention_layer_position=3), r"6 // 8 = 0 query and key channels"),
+        # a 3-channel block: 3 // 4 = 0 bottleneck channels
+        (dict(base, channel_width=3, layers=base["layers"] + [[False, 1, 1]]), r"3 // 4 = 0 channels"),
+        (dict(base, layers=[[True, 16, 4], [False, 4, 1]]), r"out_mult must equal in_mult or be half"),
+        (dict(base, layers=[[True, 8, 4], [False, 4, 1]]), r"previous stage gives 16"),
+        (dict(base, channel_width=2), r"channel_width=2 is below 3"),
+        (dict(base, n_stats=1), r"n_stats"),
+        (dict(base, layers=[[2, 16, 8], [False, 8, 4], [True, 4, 2], [False, 2, 1]]), r"upsample"),
+        (dict(base, layers=[]), r"at least one block"),
+    ]
+    for cfg, msg in cases:
+        with pytest.raises(ConfigError, match=msg):
+            BigGANConfig.from_dict(cfg)
+
+
+def test_truncation_one_with_fifty_rows_uses_the_last_row():
+    rows, weights = bn_selection(1.0, 50)
+    assert rows == (49, 49) and sum(weights) == pytest.approx(1.0)
+    assert bn_selection(1.0, 51) == ((50, 50), (1.0, 0.0))

@@ -40,6 +40,22 @@ def seeds(s: str) -> list[int]:
     return [seed(s)]
 
 
+def rows(s: str) -> list[int]:
+    """w+ row indices: ``4-7`` (inclusive), ``0,2,5`` or a mix ``0-1,4`` (ReSeFa's and SeFa's syntax)."""
+    out: list[int] = []
+    for part in s.replace(" ", "").split(","):
+        lo, sep, hi = part.partition("-")
+        try:
+            a = int(lo)
+            b = int(hi) if sep else a
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected rows like 4-7 or 0,2,5, got {s!r}") from None
+        if a < 0 or b < a or b - a > 10_000:
+            raise argparse.ArgumentTypeError(f"row range {part!r} in {s!r} must be A-B with 0 <= A <= B")
+        out.extend(range(a, b + 1))
+    return sorted(set(out))
+
+
 def real(s: str) -> float:
     try:
         v = float(s)

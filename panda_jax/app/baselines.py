@@ -24,12 +24,13 @@ class LatentEdit:
     """Directions in a generator's latent space and how to apply them."""
 
     method: str
-    space: str  # "z" or "w"
-    directions: np.ndarray  # [k, dim], unit rows
+    space: str  # "z", "w" (one offset for the w+ rows edited) or "w+" (dim = num_ws * w_dim, one per row)
+    directions: np.ndarray  # [k, dim], unit rows (published ones as stored)
     values: np.ndarray  # eigenvalues / quotients / standard deviations, one per direction
     layers: tuple[int, int] | None = None  # w+ rows [start, end) edited (space "w")
     seconds: float = 0.0  # time to discover the directions
     meta: dict = field(default_factory=dict)
+    rows: tuple[int, ...] | None = None  # explicit w+ rows edited (space "w"); overrides ``layers``
 
     @property
     def k(self) -> int:
@@ -153,14 +154,33 @@ def from_directions(method: str, G, dirs, values=None, layers=None) -> LatentEdi
     return LatentEdit(method, _space(G), dirs, values, rows)
 
 
+def from_published(G, d, space: str | None = None, layers=None, method: str | None = None) -> LatentEdit:
+    """A :class:`LatentEdit` of published directions (:func:`panda_jax.directions.load_directions`),
+    checked against ``G``'s latent sizes; ``space`` and ``layers`` (w+ rows) override the file's."""
+    d = D.fit_directions(d, z_dim=G.z_dim, w_dim=G.w_dim if G.has_w else None,
+                         num_ws=G.num_ws if G.has_w else None, space=space, layers=layers)
+    values = np.ones(len(d), np.float32) if d.values is None else d.values
+    meta = {"format": d.format}
+    if d.stdev is not None:
+        meta["stdev"] = d.stdev.tolist()
+    return LatentEdit(method or d.format, d.space, d.directions, values, None, meta=meta, rows=d.layers)
+
+
 def edited_images(G, lat, edit: LatentEdit, index: int, alpha, truncation: float = 1.0):
     """Images of the latents ``lat`` moved by ``alpha`` along direction ``index`` of ``edit``
     (``alpha`` a scalar or one value per sample)."""
     d = jnp.asarray(edit.directions[index], jnp.float32)
     z = _z(lat)
     a = jnp.asarray(alpha, jnp.float32).reshape(-1, 1)
+    if edit.space == "w+":
+        wp = G.wp(lat, truncation)
+        return G.generate_from_wp(wp + a[:, :, None] * d.reshape(1, G.num_ws, -1))
     if edit.space == "w":
         wp = G.wp(lat, truncation)
+        if edit.rows is not None:
+            mask = np.zeros((1, G.num_ws, 1), np.float32)
+            mask[0, list(edit.rows)] = 1.0
+            return G.generate_from_wp(wp + jnp.asarray(mask) * (a * d[None])[:, None, :])
         start, end = edit.layers
         wp = wp.at[:, start:end].add((a * d[None])[:, None, :])
         return G.generate_from_wp(wp)

@@ -8,6 +8,10 @@
   Gram matrices inside and outside a region; :func:`region_grams_from_fn` builds them from an
   image function.
 
+* :func:`load_directions` reads directions others published (ReSeFa's ``.npy`` files, GANSpace's
+  components, SeFa's factorisation) into :class:`LatentDirections`; :func:`fit_directions` checks
+  them against a generator's latent sizes.
+
 Nothing here imports a generator: pass weights, sample functions or image functions.
 """
 
@@ -22,11 +26,13 @@ from .ganspace import (
     pca_from_moments,
     stream_moments,
 )
+from .published import LatentDirections, fit_directions, load_directions
 from .resefa import RegionGrams, region_grams, region_grams_from_fn, resefa, resefa_from_grams
 from .sefa import normalized_weight, sefa
 
 __all__ = [
-    "Directions", "Moments", "PCA", "RegionGrams", "edit_wplus", "ganspace", "ganspace_regress",
+    "Directions", "LatentDirections", "Moments", "PCA", "RegionGrams", "edit_wplus", "fit_directions",
+    "ganspace", "ganspace_regress", "load_directions",
     "latent_directions_by_regression", "normalized_weight", "pca_from_moments", "region_grams",
     "region_grams_from_fn", "resefa", "resefa_from_grams", "sefa", "stream_moments",
 ]

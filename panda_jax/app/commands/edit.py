@@ -3,6 +3,10 @@
 ``panda-jax edit [FACTORS] --recipe R.json --seeds 0-63 --out DIR`` applies a stack of edits
 saved by the editor (``panda-jax serve``; format in :mod:`panda_jax.app.recipe`) to every seed
 in one batch; the recipe names its factors and model, so FACTORS and MODEL may be left out.
+
+``panda-jax edit MODEL --direction FILE [--component K] [--alpha A ...] --out DIR`` moves the
+latents along a published direction (ReSeFa ``.npy``, GANSpace or SeFa ``.npz``; read by
+:func:`panda_jax.directions.load_directions`) with the baselines' latent edit.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from panda_jax.errors import ConfigError
 
 from .. import args as A
 from .. import pipeline
+
+
+DIRECTION_ALPHAS = (-3.0, 3.0)  # SeFa's default distances
 
 
 def add_parser(sub):
@@ -30,8 +37,22 @@ def add_parser(sub):
                    help="appearance index (required without --recipe)")
     p.add_argument("--recipe", metavar="R.json", default=None,
                    help="apply the edit stack of a recipe exported by `panda-jax serve` instead of --part/--appearance")
+    p.add_argument("--direction", metavar="FILE", default=None,
+                   help="instead of factors, move the latent along a published direction: a .npy array (ReSeFa's "
+                        "files, [K, D] boundaries), GANSpace components (.npz with lat_comp) or SeFa's "
+                        "(layers, boundaries, values) as .npz; give MODEL as the only positional argument")
+    p.add_argument("--component", type=int, default=0, metavar="K",
+                   help="with --direction: the direction's row in the file (default: 0)")
+    p.add_argument("--rows", type=A.rows, default=None, metavar="ROWS",
+                   help="with --direction in w: the w+ rows to move, e.g. 4-7 or 0,2,5 (ReSeFa's --mani_layers; "
+                        "default: the file's, else all)")
+    p.add_argument("--space", choices=("z", "w", "w+"), default=None,
+                   help="with --direction: the latent space of the file's directions (default: what the file "
+                        "says, else w where the model has one, else z)")
     p.add_argument("--alpha", type=A.real, nargs="+", default=None, metavar="A",
-                   help=f"edit strengths (default: -a and +a with a = {pipeline.EDIT_SCALE} x the mean feature norm)")
+                   help=f"edit strengths (default: -a and +a with a = {pipeline.EDIT_SCALE} x the mean feature norm; "
+                        f"with --direction: {DIRECTION_ALPHAS[0]:g} {DIRECTION_ALPHAS[1]:+g}, latent distances, in "
+                        "standard deviations for GANSpace components)")
     A.add_seeds(p)
     p.add_argument("--refine", type=int, default=0, metavar="STEPS",
                    help="refine the parts for each sample first (0: use the global parts)")
@@ -51,6 +72,12 @@ def run(args):
     from .. import figures
 
     pipeline.check_out_dir(args.out)
+    if args.direction is not None:
+        return run_direction(args)
+    given = [o for o, v in (("--component", args.component or None), ("--rows", args.rows), ("--space", args.space))
+             if v is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)} only apply with --direction FILE")
     if args.recipe is not None:
         given = [o for o, v in (("--part", args.part), ("--appearance", args.appearance), ("--alpha", args.alpha),
                                 ("--refine", args.refine or None), ("--gif", args.gif or None)) if v is not None]
@@ -186,4 +213,72 @@ def run_recipe(args):
     mean = f"; mean ROIR {np.mean(valid):.3f} over the union of the edits' regions" if valid else ""
     pipeline.say(args, f"applied {len(edits)} edits to {len(seeds)} seeds{mean}; wrote strip.png, "
                        f"seed*_original.png, seed*_edited.png and edit.json in {args.out}")
+    return 0
+
+
+def run_direction(args):
+    """``--direction FILE``: the samples moved along one published latent direction."""
+    import hashlib
+
+    from panda_jax import directions as D
+
+    from .. import baselines, figures
+
+    given = [o for o, v in (("--part", args.part), ("--appearance", args.appearance), ("--recipe", args.recipe),
+                            ("--refine", args.refine or None), ("--layer", args.layer)) if v is not None]
+    if given:
+        raise ConfigError(f"--direction edits the latent; drop {', '.join(given)} (they are for factors)")
+    if args.model is not None:
+        raise ConfigError(f"with --direction give MODEL only, not FACTORS and MODEL ({args.factors!r} {args.model!r})")
+    spec = args.factors if args.factors is not None else None
+    if spec is None:
+        raise ConfigError("--direction needs MODEL: a directory from `panda-jax convert`, a zoo name or 'default'")
+    d = D.load_directions(args.direction)
+    k = d.check_component(args.component)
+    seeds = A.flatten_seeds(args.seeds)
+    G = pipeline.load_model(spec)
+    edit = baselines.from_published(G, d, space=args.space, layers=args.rows)
+    alphas = [float(a) for a in (args.alpha if args.alpha is not None else DIRECTION_ALPHAS)]
+    step = d.step(k)
+    lat = pipeline.latents_for_seeds(G, seeds)
+    top = max(map(abs, alphas))
+    sweep = [float(a) for a in np.linspace(-top, top, args.gif_frames)] if args.gif else []
+    strengths = [0.0] + alphas + sweep
+    n, batch = len(seeds), pipeline.RENDER_BATCH
+    out = np.stack([
+        np.concatenate([np.asarray(baselines.edited_images(G, pipeline.slice_tree(lat, i, i + batch), edit, k, a * step))
+                        for i in range(0, n, batch)])
+        for a in pipeline.bar(strengths, desc="edits", enabled=pipeline.show_progress(args))
+    ])  # [strengths, N, H, W, 3]
+    imgs, out_imgs = out[0], out[1:1 + len(alphas)]
+    size = imgs.shape[1:3]
+    with open(args.direction, "rb") as f:
+        sha = hashlib.sha256(f.read()).hexdigest()
+    unit = "standard deviations (GANSpace lat_stdev)" if d.stdev is not None else "latent distance"
+    where = f"{edit.space}" + (f" rows {list(edit.rows)}" if edit.rows is not None else "")
+    with pipeline.Staging(args.out) as st:
+        cells = [[figures.to_uint8(imgs[i])] + [figures.to_uint8(out_imgs[j, i]) for j in range(len(alphas))]
+                 for i in range(n)]
+        figures.save_labelled_grid(st.path("strip.png"), cells, [f"seed {s}" for s in seeds],
+                                   ["original"] + [f"alpha {a:+g}" for a in alphas],
+                                   title=f"{os.path.basename(args.direction)} component {k} ({d.format}, {where})")
+        for i, s in enumerate(seeds):
+            figures.save_image(st.path(f"seed{s}_original.png"), figures.to_uint8(imgs[i]))
+            for j, a in enumerate(alphas):
+                figures.save_image(st.path(f"seed{s}_alpha{a:+g}.png"), figures.to_uint8(out_imgs[j, i]))
+        if sweep:
+            fr = figures.to_uint8(out[1 + len(alphas):])
+            figures.save_gif(st.path("sweep.gif"), [figures.tile(list(f), cols=n) for f in fr],
+                             scale=2 if size[0] <= 128 else 1)
+        pipeline.write_json(st.path("edit.json"), {
+            "direction": os.path.abspath(args.direction), "direction_sha256": sha, "format": d.format,
+            "component": k, "directions_in_file": len(d), "space": edit.space,
+            "rows": None if edit.rows is None else list(edit.rows), "model": pipeline.model_name(spec),
+            "alphas": alphas, "alpha_unit": unit, "latent_distances": [a * step for a in alphas],
+            "direction_norm": float(np.linalg.norm(d.directions[k])),
+            "value": None if d.values is None else float(d.values[k]), "seeds": seeds,
+        })
+    pipeline.say(args, f"moved {n} seeds along component {k} of {args.direction} ({d.format}, {where}) by "
+                       f"{', '.join(f'{a:+g}' for a in alphas)} ({unit}); wrote strip.png, per-seed images"
+                       f"{', sweep.gif' if sweep else ''} and edit.json in {args.out}")
     return 0
