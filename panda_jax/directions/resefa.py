@@ -266,8 +266,8 @@ def resefa_from_grams(grams: RegionGrams, k: int | None = None, *, tau: float = 
     if not tau >= 0:
         raise ConfigError(f"tau must be a non-negative float (upstream's --full_rank uses 1e-3); got {tau}")
     solve = functools.partial(_generalized_eigh, k=k, tau=tau)
-    vals, vecs = jax.vmap(solve)(a, b) if a.ndim == 3 else solve(a, b)
-    if is_concrete(vals) and not bool(jnp.all(jnp.isfinite(vals))):
+    vals, vecs, definite = jax.vmap(solve)(a, b) if a.ndim == 3 else solve(a, b)
+    if is_concrete(vals) and not (bool(jnp.all(jnp.isfinite(vals))) and bool(jnp.all(definite))):
         raise RankError(
             "B (the Jacobian outside the region) is singular or ill-conditioned, so the quotient "
             f"is unbounded (tau={tau:g}); pass tau=1e-3 (upstream's --full_rank), use more samples, "
@@ -282,12 +282,18 @@ def _generalized_eigh(a, b, *, k, tau):
     a = 0.5 * (a + a.T)
     b = 0.5 * (b + b.T) + tau * jnp.trace(b) * jnp.eye(D, dtype=b.dtype)
     lower = jnp.linalg.cholesky(b)
+    # A singular B computed in float rounding may factor with a tiny positive pivot instead of
+    # failing (a quotient of 1e8 then); a squared pivot below sqrt(eps) of the largest (a
+    # condition number beyond about 3e3 in float32) counts as singular. tau=1e-3 keeps the
+    # ratio above 1e-3.
+    piv = jnp.diagonal(lower) ** 2
+    definite = jnp.min(piv) > jnp.sqrt(jnp.finfo(b.dtype).eps) * jnp.max(piv)
     x = jax.scipy.linalg.solve_triangular(lower, a, lower=True)  # L^-1 A
     c = jax.scipy.linalg.solve_triangular(lower, x.T, lower=True)  # L^-1 A L^-T
     vals, u = top_k_eigh(c, k)
     v = jax.scipy.linalg.solve_triangular(lower.T, u.T, lower=False).T  # rows L^-T u
     # A B-orthogonal set, each row scaled to unit length; then signs fixed as everywhere.
-    return vals, canonical_sign(unit_rows(v))
+    return vals, canonical_sign(unit_rows(v)), definite
 
 
 def resefa(jacobian, mask, k: int | None = None, *, tau: float = 0.0, per_sample: bool = False) -> Directions:
