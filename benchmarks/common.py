@@ -88,3 +88,35 @@ def memory_gbps(mb: int = 256, repeat: int = 5) -> float:
     f = jax.jit(jnp.sum)
     t = time_jax(f, x, repeat=repeat)
     return x.nbytes / t / 1e9
+
+
+RESULTS_MD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
+
+
+def own_sections(doc: str) -> list[str]:
+    """The ``## ...`` sections of a RESULTS.md that other scripts write (their heading names the
+    script, e.g. ``(`python -m benchmarks.gen_speed`)``), in order."""
+    out, starts = [], [i for i in range(len(doc)) if doc.startswith("## ", i) and (i == 0 or doc[i - 1] == "\n")]
+    for k, s in enumerate(starts):
+        end = starts[k + 1] if k + 1 < len(starts) else len(doc)
+        head = doc[s:doc.find("\n", s) if "\n" in doc[s:] else len(doc)]
+        if "`python -m benchmarks." in head and "benchmarks.run" not in head:
+            out.append(doc[s:end].rstrip() + "\n")
+    return out
+
+
+def replace_section(heading: str, text: str, path: str = RESULTS_MD) -> None:
+    """Replace the section that starts with ``heading`` in RESULTS.md by ``text`` (or append it),
+    leaving every other section as it is; written atomically."""
+    with open(path) as f:
+        doc = f.read()
+    if heading in doc:
+        start = doc.index(heading)
+        nxt = doc.find("\n## ", start + len(heading))
+        doc = doc[:start] + text.rstrip() + "\n" + (doc[nxt:] if nxt >= 0 else "")
+    else:
+        doc = doc.rstrip() + "\n\n" + text.rstrip() + "\n"
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(doc)
+    os.replace(tmp, path)

@@ -230,16 +230,9 @@ def markdown(res) -> str:
 
 
 def write_results(text: str, path: str = os.path.join(HERE, "RESULTS.md")):
-    with open(path) as f:
-        doc = f.read()
-    if SECTION in doc:
-        start = doc.index(SECTION)
-        nxt = doc.find("\n## ", start + len(SECTION))
-        doc = doc[:start] + text.rstrip() + "\n" + (doc[nxt:] if nxt >= 0 else "")
-    else:
-        doc = doc.rstrip() + "\n\n" + text
-    with open(path, "w") as f:
-        f.write(doc)
+    from .common import replace_section
+
+    replace_section(SECTION, text, path)
 
 
 def main(argv=None):

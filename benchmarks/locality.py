@@ -1,6 +1,6 @@
 """Is PandA more local than GANSpace, SeFa and ReSeFa? The paper's Table 2 design on the faces DCGAN.
 
-    python -m benchmarks.locality [--quick] [--out DIR]
+    python -m benchmarks.locality [--quick] [--out DIR] [--write-results]
 
 Regions of interest (eyes, nose, mouth) are fixed boxes on the aligned 64x64 face layout
 (:data:`REGIONS`). For each method and region the method's best direction is chosen on a
@@ -10,7 +10,9 @@ the region), each sign tried. Every edit is then scaled so that its mean change 
 region (per-pixel RMS) is the same for all methods, and measured on separate evaluation samples:
 ROIR (paper Eq. 7, lower = more local) and the Laplacian-pyramid SWD between the edited and the
 original images (x 1e3; lower = closer to the original distribution). Each method's discovery
-step is timed. Writes ``DIR/locality.json``, ``DIR/locality.md`` and ``DIR/locality.png``.
+step is timed. Writes ``DIR/locality.json``, ``DIR/locality.md`` and ``DIR/locality.png``;
+``--write-results`` also replaces the locality section of ``benchmarks/RESULTS.md`` (and its figure
+in ``benchmarks/results/``).
 
 Also times the ReSeFa Jacobian (one image with respect to z) against
 ``torch.autograd.functional.jacobian`` on the same DCGAN in PyTorch.
@@ -225,6 +227,7 @@ def run(plan_name: str, out_dir: str, log=print) -> dict:
         "discovery_seconds": discovery,
         "paper_table2_roir": PAPER,
         "figure": os.path.basename(figure),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
     }
     try:
         out["jacobian"] = jacobian_timing(G, reverse=plan_name == "full")
@@ -295,14 +298,60 @@ def markdown(out) -> str:
     return "\n".join(lines) + "\n" + note
 
 
+SECTION = "## Locality: PandA, GANSpace, SeFa and ReSeFa on the faces DCGAN (`python -m benchmarks.locality`)"
+
+
+def results_section(out, figure: str | None = None) -> str:
+    """The RESULTS.md section: the machine, the table and the figure."""
+    m = out.get("machine", {})
+    head = (f"Measured with `python -m benchmarks.locality` ({out['plan'].get('name', 'full')} mode) on "
+            f"{out.get('date', 'an unrecorded date')}, {m.get('cpu', 'this machine')}, {m.get('cpu_count', '?')} cores, JAX {m.get('jax', '?')}. "
+            "The paper's Table 2 design (section 4.2.1) on the embedded faces GAN: each method's best "
+            "direction per region, chosen on selection samples and measured on separate evaluation samples.")
+    fig = f"\n![locality]({figure})\n" if figure else ""
+    return "\n".join([SECTION, "", head, "", markdown(out).rstrip(), fig])
+
+
+def write_results(out, out_dir: str) -> None:
+    import shutil
+
+    from .common import replace_section
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    fig = None
+    src = os.path.join(out_dir, "locality.png")
+    if os.path.exists(src):
+        os.makedirs(os.path.join(here, "results"), exist_ok=True)
+        shutil.copyfile(src, os.path.join(here, "results", "locality.png"))
+        fig = "results/locality.png"
+    replace_section(SECTION, results_section(out, fig))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m benchmarks.locality", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="few samples (under 2 minutes): checks the pipeline")
     ap.add_argument("--out", default=os.path.join("out", "locality"), help="output folder")
+    ap.add_argument("--write-results", action="store_true",
+                    help="replace the locality section of benchmarks/RESULTS.md")
+    ap.add_argument("--from-json", default=None, metavar="DIR",
+                    help="no measuring: write the report of an earlier run's DIR/locality.json")
     a = ap.parse_args(argv)
+    if a.from_json:
+        import json
+
+        with open(os.path.join(a.from_json, "locality.json")) as f:
+            out = json.load(f)
+        out.setdefault("date", time.strftime("%Y-%m-%d %H:%M", time.localtime(
+            os.path.getmtime(os.path.join(a.from_json, "locality.json")))))
+        print(markdown(out))
+        if a.write_results:
+            write_results(out, a.from_json)
+        return 0
     t = time.perf_counter()
     out = run("quick" if a.quick else "full", a.out, log=lambda s: print(s, file=sys.stderr, flush=True))
     print(markdown(out))
+    if a.write_results:
+        write_results(out, a.out)
     print(f"wrote {a.out}/locality.json, locality.md, locality.png in {time.perf_counter() - t:.0f} s")
     return 0
 

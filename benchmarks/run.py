@@ -525,8 +525,16 @@ def write_outputs(results: dict, out: str, write_results: bool = False) -> dict:
         pdir = os.path.join(bench, "results")
         plots2 = report.plots(results, pdir)
         _atomic_write(os.path.join(pdir, "results.json"), json.dumps(results, indent=1) + "\n")
-        _atomic_write(os.path.join(bench, "RESULTS.md"),
-                      report.markdown(results, {k: "results/" + os.path.basename(v) for k, v in plots2.items()}))
+        # Sections other scripts write (generators, editor latency, locality) are kept.
+        from .common import own_sections
+
+        md_path = os.path.join(bench, "RESULTS.md")
+        kept = []
+        if os.path.exists(md_path):
+            with open(md_path) as f:
+                kept = own_sections(f.read())
+        md = report.markdown(results, {k: "results/" + os.path.basename(v) for k, v in plots2.items()})
+        _atomic_write(md_path, "\n\n".join([md.rstrip()] + [k.rstrip() for k in kept]) + "\n")
         written["results_md"] = os.path.join(bench, "RESULTS.md")
     return written
 

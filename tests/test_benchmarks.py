@@ -103,3 +103,25 @@ def test_report_rebuilds_from_json(quick_run, tmp_path):
                         "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     assert (tmp_path / "RESULTS.md").read_text() == (out / "RESULTS.md").read_text()
+
+
+def test_results_md_keeps_the_sections_other_scripts_write(tmp_path):
+    from benchmarks.common import own_sections, replace_section
+
+    doc = ("# panda-jax benchmarks\n\n## 1. Fit\n\nrows\n\n"
+           "## Generators: images per second (`python -m benchmarks.gen_speed`)\n\ngen rows\n\n"
+           "## Editor latency (`python -m benchmarks.editor_latency`)\n\nold latency\n")
+    kept = own_sections(doc)
+    assert [k.splitlines()[0] for k in kept] == [
+        "## Generators: images per second (`python -m benchmarks.gen_speed`)",
+        "## Editor latency (`python -m benchmarks.editor_latency`)"]
+    assert "rows" not in kept[1] and "gen rows" in kept[0]
+    path = tmp_path / "RESULTS.md"
+    path.write_text(doc)
+    replace_section("## Generators: images per second (`python -m benchmarks.gen_speed`)",
+                    "## Generators: images per second (`python -m benchmarks.gen_speed`)\n\nnew rows\n", str(path))
+    new = path.read_text()
+    assert "new rows" in new and "gen rows" not in new and "old latency" in new and "## 1. Fit\n\nrows" in new
+    replace_section("## Locality (`python -m benchmarks.locality`)", "## Locality (`python -m benchmarks.locality`)\n\nt\n",
+                    str(path))
+    assert path.read_text().endswith("## Locality (`python -m benchmarks.locality`)\n\nt\n")
