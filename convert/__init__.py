@@ -41,7 +41,7 @@ from typing import Any
 from panda_jax.errors import CheckpointError
 
 # Converter modules, asked in this order.
-CONVERTER_MODULES = ("dcgan", "genforce", "nvlabs_stylegan2", "stylegan3", "biggan")
+CONVERTER_MODULES = ("dcgan", "genforce", "nvlabs_stylegan2", "stylegan3", "biggan", "rosinality")
 
 
 def converters():

@@ -183,7 +183,21 @@ def codecs_encode(text=None, encoding="utf-8"):
     return text.encode(encoding)
 
 
+class NamespaceDict(dict):
+    """Stand-in for ``argparse.Namespace`` (rosinality's ``train.py`` saves its parsed arguments
+    in every checkpoint): rebuilt as a plain dict of its attributes, which must be text-keyed.
+    ``argparse`` is never imported and nothing of the file's is called."""
+
+    def __setstate__(self, state):
+        need(isinstance(state, dict) and all(isinstance(k, str) for k in state),
+             lambda: f"argparse.Namespace state {short(state)}")
+        self.update(state)
+
+
+NAMESPACE_GLOBAL = "argparse.Namespace"
+
 _TORCH_ALLOWED: dict[str, Any] = {
+    NAMESPACE_GLOBAL: NamespaceDict,
     "collections.OrderedDict": collections.OrderedDict,
     "torch._utils._rebuild_tensor": _scan_rebuild_tensor_v1,
     "torch._utils._rebuild_tensor_v2": _scan_rebuild_tensor,

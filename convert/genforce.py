@@ -37,8 +37,9 @@ Deliberately not converted: ``lod`` (checked to be 0, a fully grown network), th
 the lower resolutions of PGGAN/StyleGAN (unused at ``lod = 0``), and the fixed blur/upsampling
 filter buffers (the ports build the same filters).
 
-NVlabs networks are :mod:`convert.nvlabs_stylegan2`'s and :mod:`convert.stylegan3`'s (``convert``
-picks the converter); given here, they are refused by name, as rosinality's generators are.
+NVlabs networks are :mod:`convert.nvlabs_stylegan2`'s and :mod:`convert.stylegan3`'s, rosinality's
+:mod:`convert.rosinality`'s (``convert`` picks the converter); given here (``--arch`` with a
+genforce model name), they are refused by name.
 """
 
 from __future__ import annotations
@@ -117,9 +118,8 @@ def layout(sd: Mapping) -> str | None:
 def _rosinality_error(where: str) -> CheckpointError:
     return CheckpointError(
         f"{where} is a rosinality stylegan2-pytorch generator (keys like 'style.1.weight', 'input.input', "
-        "'convs.0.conv.weight', 'to_rgbs.0.conv.weight'), not a genforce or NVlabs checkpoint; this layout "
-        "is not supported. Convert it to a genforce or NVlabs StyleGAN2 checkpoint first, or use the "
-        "official NVlabs / genforce release of the same model"
+        "'convs.0.conv.weight', 'to_rgbs.0.conv.weight'), not a genforce checkpoint; convert it without --arch, "
+        "or with --arch stylegan2_rosinality or a rosinality model name (e.g. stylegan2-ffhq-config-f)"
     )
 
 
@@ -135,15 +135,15 @@ def _nvlabs_error(sd: Mapping, arch: str | None = None) -> CheckpointError:
 
 
 def claims(obj) -> bool:
-    """A genforce checkpoint, or a rosinality one (claimed so that it is refused by name)."""
+    """A genforce checkpoint (rosinality's are :mod:`convert.rosinality`'s)."""
     if isinstance(obj, Mapping):
         if "g_ema" in obj and isinstance(obj["g_ema"], Mapping):
-            return layout(obj["g_ema"]) == "rosinality"
+            return False
         try:
             sd, _ = unwrap(obj)
         except CheckpointError:
             return False
-        return layout(sd) in FAMILIES + ("rosinality",)
+        return layout(sd) in FAMILIES
     return False
 
 

@@ -126,6 +126,18 @@ def _torch_refusal(path: str, name: str) -> str:
     )
 
 
+def _namespace_as_dict(torch):
+    """While loading, ``argparse.Namespace`` (rosinality's ``train.py`` saves its arguments as
+    one) is rebuilt by :class:`_safety.NamespaceDict`, a plain dict; ``argparse`` is never
+    imported. torch < 2.6 cannot map a global name to a stand-in: such files are then refused."""
+    import contextlib
+
+    version = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2] if p.isdigit())
+    if version < (2, 6) or not hasattr(torch.serialization, "safe_globals"):
+        return contextlib.nullcontext()
+    return torch.serialization.safe_globals([(_safety.NamespaceDict, _safety.NAMESPACE_GLOBAL)])
+
+
 def read_torch(path: str) -> Any:
     """A ``torch.save`` file (zip or legacy format) read with ``weights_only=True``; tensors as
     numpy arrays.
@@ -159,7 +171,8 @@ def read_torch(path: str) -> Any:
                 _safety.check_legacy_torch(f, size)
         with warnings.catch_warnings():  # protocol and storage deprecation notices
             warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with _namespace_as_dict(torch):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         out = to_numpy(obj)
     except _safety.Refused as e:
         raise CheckpointError(_torch_refusal(path, e.name)) from None

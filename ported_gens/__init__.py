@@ -16,7 +16,8 @@ What lives where:
 - ``genforce_common.py``: what genforce's PGGAN, StyleGAN and StyleGAN2 share (resolutions,
   channel widths, the truncation default, ``GenforceConfig``).
 - one module per family, each a ``<Family>Config`` and the generator: ``dcgan.py``,
-  ``pggan.py``, ``stylegan.py``, ``stylegan2.py``, ``stylegan3.py``, ``biggan.py``
+  ``pggan.py``, ``stylegan.py``, ``stylegan2.py`` (genforce's and rosinality's), ``stylegan3.py``,
+  ``biggan.py``
   (``imagenet.py``: BigGAN's class names).
 - ``zoo.py``: known model names -> (family, config settings).
 
@@ -41,7 +42,7 @@ from .config import FamilyConfig
 from .dcgan import DCGANConfig
 from .pggan import PGGANConfig
 from .stylegan import StyleGANConfig
-from .stylegan2 import StyleGAN2Config
+from .stylegan2 import StyleGAN2Config, StyleGAN2RosinalityConfig
 from .stylegan3 import StyleGAN3Config
 from .biggan import BigGANConfig
 
@@ -72,6 +73,6 @@ def load(path_or_name: str) -> Generator:
 
 __all__ = [
     "FAMILIES", "Generator", "StyleGenerator", "Latents", "build", "load", "load_dir", "save_generator",
-    "FamilyConfig", "DCGANConfig", "PGGANConfig", "StyleGANConfig", "StyleGAN2Config", "StyleGAN3Config",
-    "BigGANConfig",
+    "FamilyConfig", "DCGANConfig", "PGGANConfig", "StyleGANConfig", "StyleGAN2Config", "StyleGAN2RosinalityConfig",
+    "StyleGAN3Config", "BigGANConfig",
 ]

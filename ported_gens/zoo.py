@@ -68,6 +68,19 @@ for _cfg, _data, _res in [
         _sg3["channel_base"] //= 2
     ZOO[f"stylegan3-{_cfg}-{_data}-{_res}x{_res}"] = ("stylegan3", _sg3)
 
+# rosinality stylegan2-pytorch: the official StyleGAN2 (config F) models as rosinality's
+# convert_weight.py writes them, by file name (stylegan2-ffhq-config-f.pt, as rosinality's README,
+# pSp, e4e and StyleCLIP name them), and as GANSpace stores the same conversions
+# (models/checkpoints/stylegan2/stylegan2_{class}_{resolution}.pt; bedrooms, kitchen and places
+# are GANSpace's own 256 px models, built there as Generator(256, 512, 8)). All: style_dim 512,
+# 8 mapping layers, channel_multiplier 2.
+_ROSINALITY = dict(style_dim=512, n_mlp=8, channel_multiplier=2)
+for _data, _res in [("ffhq", 1024), ("car", 512), ("cat", 256), ("church", 256), ("horse", 256)]:
+    ZOO[f"stylegan2-{_data}-config-f"] = ("stylegan2_rosinality", dict(_ROSINALITY, size=_res))
+    ZOO[f"stylegan2_{_data}_{_res}"] = ("stylegan2_rosinality", dict(_ROSINALITY, size=_res))
+for _data in ("bedrooms", "kitchen", "places"):
+    ZOO[f"stylegan2_{_data}_256"] = ("stylegan2_rosinality", dict(_ROSINALITY, size=256))
+
 
 def family_of(name: str) -> str:
     from .base import FAMILIES

@@ -65,6 +65,7 @@ SMALL_CONFIGS = {
                      fmaps_base=64, fmaps_max=8),
     "stylegan2": dict(resolution=8, z_dim=8, w_dim=8, mapping_layers=2, mapping_fmaps=8, mapping_lr_mul=1.0,
                       fmaps_base=64, fmaps_max=8),
+    "stylegan2_rosinality": dict(size=8, style_dim=8, n_mlp=2, channel_multiplier=None, channels=[8, 4], lr_mlp=1.0),
     "stylegan3": dict(z_dim=8, w_dim=8, img_resolution=16, num_layers=4, mapping_lr_multiplier=1.0,
                       channel_base=64, channel_max=8, filter_size=3),
     "biggan": dict(output_dim=16, z_dim=8, class_embed_dim=8, channel_width=4, num_classes=5,

@@ -70,6 +70,8 @@ def _shapes_of(testvectors, path):
     obj = readers.read(os.path.join(testvectors, path))
     if isinstance(obj, dict) and "generator_smooth" in obj:  # genforce
         obj = obj["generator_smooth"]
+    if isinstance(obj, dict) and "g_ema" in obj:  # rosinality: the generator and its latent_avg
+        obj = {**obj["g_ema"], "latent_avg": obj["latent_avg"]}
     if isinstance(obj, dict) and obj.get("kind") == "hf_folder":
         obj = obj["state_dict"]
     return {k: tuple(np.shape(v)) for k, v in obj.items()}
@@ -84,6 +86,7 @@ SMALL = [
     ("stylegan3", "stylegan3_t/G_ema.pt"),
     ("stylegan3", "stylegan3_r/G_ema.pt"),
     ("biggan", "biggan_deep/pytorch_model.bin"),
+    ("rosinality", "stylegan2_rosinality/checkpoint_weights_only.pt"),
 ]
 
 

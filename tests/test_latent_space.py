@@ -30,7 +30,7 @@ def styled(request):
 
 
 def test_w_families_are_the_style_based_ones():
-    assert W_FAMILIES == ["stylegan", "stylegan2", "stylegan3"]
+    assert W_FAMILIES == ["stylegan", "stylegan2", "stylegan2_rosinality", "stylegan3"]
 
 
 def test_w_and_wp(styled):
