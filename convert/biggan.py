@@ -195,7 +195,8 @@ def config_from_json(cfg: Mapping, where: str) -> dict:
             f"{where} has layers={layers!r}; expected a list of [upsample, in_mult, out_mult]. "
             "Restore the config.json that came with the weights"
         )
-    return out
+    # Checked now, by name, before the comparison with the weights reads the values.
+    return common.checked_config("biggan", out, where)
 
 
 def _attention_at(config: Mapping):
