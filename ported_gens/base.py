@@ -666,6 +666,8 @@ def _stored_metadata(params: str, path: str) -> dict[str, Any]:
 
 
 def _check_against_stored(path: str, family: str, want: dict, stored: dict) -> None:
+    if not stored:
+        raise _bad_dir(path, "params/ holds no parameters (not a readable orbax checkpoint of a converted model)")
     missing = [k for k in want if k not in stored]
     extra = [k for k in stored if k not in want]
 
