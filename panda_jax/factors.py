@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import checks
+from . import _npy, checks
 from ._io import atomic_write
 from .errors import FactorsError
 
@@ -155,6 +155,7 @@ def load_factors(path: str) -> Factors:
         raise FactorsError(f"factors file {path!r} does not exist; fit first (panda-jax fit ... --out FILE)")
     what = f"{path!r} is not a panda-jax factors file"
     try:
+        _npy.check_sizes(path)  # declared shapes against the bytes present, before np.load allocates
         with np.load(path, allow_pickle=False) as z:
             if not {"header", "appearance", "parts"} <= set(z.files):
                 raise FactorsError(f"{what} (it holds {sorted(z.files)[:6]}); for the original's Uc/Us .npy pair "
@@ -208,6 +209,7 @@ def _load_npy(path: str, what: str) -> np.ndarray:
     if not os.path.isfile(path):
         raise FactorsError(f"{what} file {path!r} does not exist")
     try:
+        _npy.check_sizes(path)
         arr = np.load(path, allow_pickle=False)
     except Exception as e:
         raise FactorsError(f"{path!r} is not a readable .npy array ({type(e).__name__}: {str(e)[:200]})") from None

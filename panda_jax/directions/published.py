@@ -33,6 +33,7 @@ import zipfile
 
 import numpy as np
 
+from .. import _npy
 from ..errors import DirectionsError
 
 SPACES = ("z", "w", "w+")
@@ -150,6 +151,7 @@ def _open(path: str):
             "as pickles: save their 'lat_comp' with np.save)"
         )
     try:
+        _npy.check_sizes(path)  # declared shapes against the bytes present, before np.load allocates
         return np.load(path, allow_pickle=False), path
     except ValueError as e:
         if "pickle" in str(e).lower() or "object" in str(e).lower():
