@@ -46,8 +46,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TESTVECTORS = os.environ.get("PANDA_TESTVECTORS", os.path.normpath(os.path.join(HERE, "..", "..", "shared", "testvectors")))
 
 FORMATS = ("genforce_pth", "nvlabs_pkl", "biggan_hf", "rosinality_pt", "dcgan_tar", "factors_npz", "original_npy",
-           "model_config", "init_kwargs")
-FAST = 32  # per format: about 300 cases in the default run
+           "model_config", "init_kwargs", "directions")
+FAST = 30  # per format: 300 cases in the default run
 SLOW = 1000
 CASE_SECONDS = 10.0
 CASE_MEMORY = 1 << 30
@@ -324,6 +324,7 @@ class Formats:
         self.seeds["init_kwargs"] = {"init_kwargs.json": _read(os.path.join(nv, "init_kwargs.json")),
                                      "G_ema.pt": _read(os.path.join(nv, "G_ema.pt"))}
         self._factor_seeds()
+        self._direction_seeds()
         self._model_seed()
         # Unmutated files are linked, not copied, into each case's folder.
         self.seed_dir = os.path.join(root, "seeds")
@@ -368,6 +369,24 @@ class Formats:
         self.uc_name, self.us_name = os.path.basename(uc), os.path.basename(us)
         self.seeds["original_npy"] = {self.uc_name: _read(uc), self.us_name: _read(us)}
 
+    def _direction_seeds(self):
+        """Published latent directions: GANSpace's and SeFa's .npz, ReSeFa's .npy."""
+        import numpy as np
+
+        rng = np.random.default_rng(1)
+        f = io.BytesIO()
+        np.savez(f, lat_comp=rng.standard_normal((3, 1, 8)).astype(np.float32),
+                 lat_mean=rng.standard_normal((1, 8)).astype(np.float32), lat_stdev=np.ones(3, np.float32),
+                 var_ratio=np.asarray([0.5, 0.3, 0.2], np.float32))
+        ganspace = f.getvalue()
+        f = io.BytesIO()
+        np.savez(f, layers=np.asarray([0, 1]), boundaries=rng.standard_normal((8, 8)).astype(np.float32),
+                 values=np.arange(8, dtype=np.float32))
+        sefa = f.getvalue()
+        f = io.BytesIO()
+        np.save(f, rng.standard_normal((1, 8)).astype(np.float32))
+        self.seeds["directions"] = {"ganspace_ipca_c3.npz": ganspace, "sefa.npz": sefa, "resefa.npy": f.getvalue()}
+
     def _model_seed(self):
         from helpers import small_generator
         from ported_gens.base import save_generator
@@ -397,6 +416,7 @@ class Formats:
             data = mutate_zip(rng, data, ops)
         else:
             data = mutate_bytes(rng, data, ops)
+        _write(os.path.join(case_dir, "TARGET"), target.encode())
         for name in files:
             dst = os.path.join(case_dir, name)
             if name == target:
@@ -427,6 +447,10 @@ class Formats:
             return pj.load_original(os.path.join(case_dir, self.uc_name), os.path.join(case_dir, self.us_name))
         if fmt == "model_config":
             return load_dir(case_dir)
+        if fmt == "directions":
+            from panda_jax.directions import load_directions
+
+            return load_directions(os.path.join(case_dir, _read(os.path.join(case_dir, "TARGET")).decode()))
         (name,) = self.seeds[fmt]
         return readers.read(os.path.join(case_dir, name))
 
@@ -574,6 +598,7 @@ def worker(spec: dict) -> None:
     for fmt in spec["formats"]:
         d = os.path.join(work, f"warm-{fmt}")
         shutil.copytree(os.path.join(formats.seed_dir, fmt), d, symlinks=True)
+        _write(os.path.join(d, "TARGET"), sorted(formats.seeds[fmt])[0].encode())
         if fmt == "model_config":
             os.symlink(formats.model_params, os.path.join(d, "params"))
         formats.load(fmt, d)
