@@ -175,8 +175,14 @@ def load_factors(path: str) -> Factors:
         raise FactorsError(f"{path!r} has factors file version {header.get('version')!r}; this panda-jax reads "
                            f"up to {FILE_VERSION}: upgrade panda-jax")
     for name, arr in (("appearance", A), ("parts", P)):
+        if not isinstance(arr, np.ndarray):  # a member that is not an .npy array comes back as bytes
+            raise FactorsError(f"{path!r}: {name} is not an array (the member is damaged); fit again")
         if arr.ndim != 2 or arr.dtype.kind != "f":
             raise FactorsError(f"{path!r}: {name} must be a 2-D float array; got shape {arr.shape}, dtype {arr.dtype}")
+    # Native float32 (a big-endian or float16/64 array is a float array JAX cannot take as is).
+    A, P = A.astype(np.float32), P.astype(np.float32)
+    if A.size == 0 or P.size == 0:  # checked in numpy: JAX compiles for a while on a [10**9, 0] array
+        raise FactorsError(f"{path!r} holds empty factors (appearance {A.shape}, parts {P.shape}); the file is damaged")
     if "height" not in header or "width" not in header:
         raise FactorsError(f"{path!r}: the header does not give the layer's height and width; the file is damaged")
     meta = header.get("meta", {})

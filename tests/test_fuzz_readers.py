@@ -734,6 +734,49 @@ def test_array_headers_declaring_more_than_the_file_are_refused_before_allocatin
         load_directions(direction)
 
 
+def test_a_huge_memo_index_is_refused_before_the_unpickler_grows_its_memo(tmp_path):
+    """One flipped LONG_BINPUT argument in data.pkl made CPython's unpickler ask for tens of GB
+    (its memo table grows to twice the index): rosinality_pt#939, dcgan_tar#940, biggan_hf#538."""
+    import pickle
+
+    from convert import readers
+    from panda_jax.errors import CheckpointError
+
+    pkl = b"\x80\x02}r\xff\xff\xff\x7f."  # EMPTY_DICT, LONG_BINPUT 2**31 - 1, STOP
+    seed = zip_members(_read(os.path.join(TESTVECTORS, "pggan_genforce", "checkpoint.pth")))
+    path = _write(tmp_path / "memo.pth", write_zip([(n, pkl if n.endswith("data.pkl") else b) for n, b in seed]))
+    with pytest.raises(CheckpointError, match=r"memo index 2147483647 in a pickle of 9 bytes"):
+        readers.read(path)
+    with pytest.raises(CheckpointError, match=r"not a readable pickle \(opcodes: memo index 2147483647"):
+        readers.read(_write(tmp_path / "memo.pkl", pkl))
+    assert pickle.loads(b"\x80\x02}r\x01\x00\x00\x00.") == {}  # the same opcodes, a small index: fine
+
+
+def test_factor_members_that_are_not_arrays_big_endian_or_empty(tmp_path):
+    """factors_npz#36 (a member without the npy magic came back as bytes: AttributeError),
+    #56 (a big-endian float array: TypeError from JAX), #333 (parts [10**9, 0]: JAX compiled
+    for minutes)."""
+    import numpy as np
+
+    import panda_jax as pj
+    from panda_jax.errors import FactorsError
+
+    A, P = np.eye(4, 2, dtype=np.float32), np.ones((16, 2), np.float32)
+    good = zip_members(_read(pj.save_factors(str(tmp_path / "f.npz"), pj.Factors(A, P, 4, 4))))
+
+    def with_member(name, body):
+        return _write(tmp_path / "x.npz", write_zip([(n, body if n == name else b) for n, b in good]))
+
+    with pytest.raises(FactorsError, match="appearance is not an array"):
+        pj.load_factors(with_member("appearance.npy", b"not an npy member"))
+    f = io.BytesIO()
+    np.save(f, P.astype(">f4"))
+    F = pj.load_factors(with_member("parts.npy", f.getvalue()))
+    assert F.parts.dtype == np.float32 and np.array_equal(np.asarray(F.parts), P)
+    with pytest.raises(FactorsError, match="empty factors"):
+        pj.load_factors(with_member("parts.npy", _declaring(np.zeros((0, 2), np.float32), "1000000000, 0")))
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:
         worker(json.loads(sys.argv[2]))
