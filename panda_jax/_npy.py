@@ -41,7 +41,18 @@ def _check_one(f, size: int, name: str) -> None:
 
 def check_sizes(path: str) -> None:
     """Raise ValueError (naming the member) unless every array in the ``.npy`` or ``.npz`` file
-    ``path`` declares no more data than it holds. Other files pass (``np.load`` refuses them)."""
+    ``path`` declares no more data than it holds. Other files pass (``np.load`` refuses them).
+    Whatever numpy's header parser, zipfile or tokenize raise on a damaged header is a
+    ValueError here too."""
+    try:
+        _check_sizes(path)
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 - tokenize.TokenError, OverflowError, NotImplementedError, BadZipFile, ...
+        raise ValueError(f"unreadable array header ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})") from None
+
+
+def _check_sizes(path: str) -> None:
     with open(path, "rb") as f:
         head = f.read(len(_MAGIC))
         if head == _MAGIC:

@@ -777,6 +777,43 @@ def test_factor_members_that_are_not_arrays_big_endian_or_empty(tmp_path):
         pj.load_factors(with_member("parts.npy", _declaring(np.zeros((0, 2), np.float32), "1000000000, 0")))
 
 
+def test_direction_files_with_damaged_headers_or_empty_arrays(tmp_path):
+    """directions#626 (a header numpy cannot tokenize: TokenError), #628 (a dimension beyond
+    int64: OverflowError), #644 (an unsupported zip flag: NotImplementedError), #890 (shape
+    [0, 10**9, 3]: ValueError from reshape) were not DirectionsErrors."""
+    import numpy as np
+
+    from panda_jax.directions import load_directions
+    from panda_jax.errors import DirectionsError
+
+    f = io.BytesIO()
+    np.save(f, np.ones((1, 8), np.float32))
+    good = f.getvalue()
+    cases = {
+        "token": good.replace(b"}", b"{", 1),
+        "overflow": _declaring(np.ones((1, 8), np.float32), "99999999999999999999, 0"),
+        "empty": _declaring(np.zeros((0, 2, 3), np.float32), "0, 1000000000, 3"),
+    }
+    for name, data in cases.items():
+        with pytest.raises(DirectionsError):
+            load_directions(_write(tmp_path / f"{name}.npy", data))
+
+
+def test_biggan_layer_key_that_is_not_an_index(testvectors, tmp_path):
+    """biggan_hf#351: a flipped byte in a tensor name (generator.layers.!0...) was a ValueError
+    from int() in the config inference."""
+    import convert
+    from convert import readers
+    from panda_jax.errors import CheckpointError
+
+    obj = readers.read(os.path.join(testvectors, "biggan_deep"))
+    sd = obj["state_dict"]
+    key = next(k for k in sd if k.startswith("generator.layers.0."))
+    sd["generator.layers.!0." + key.split(".", 3)[3]] = sd.pop(key)
+    with pytest.raises(CheckpointError, match=r"not generator.layers.<index>"):
+        convert.converter_for(obj).config_for(obj)
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:
         worker(json.loads(sys.argv[2]))
