@@ -287,6 +287,29 @@ class TorchScan(_BaseUnpickler):
         return ref
 
 
+_MEMO_OPS = frozenset(("PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"))
+
+
+def check_opcodes(f, size: int, where: str = "pickle") -> None:
+    """Walk the opcodes of the pickle in ``f`` (``size`` bytes) without building anything and
+    refuse memo indices no pickle of that size can have: CPython's unpickler grows its memo
+    table to twice the largest index, so one flipped ``LONG_BINPUT`` argument asked for tens of
+    gigabytes. ``f`` is left where it was."""
+    import pickletools
+
+    start = f.tell()
+    try:
+        for op, arg, _ in pickletools.genops(BoundedFile(f, start + size)):
+            if op.name in _MEMO_OPS:
+                need(is_int(arg) and 0 <= arg <= size, lambda: f"{where}: memo index {short(arg)} in a pickle of {size} bytes")
+            if op.name == "STOP":
+                break
+    except (ValueError, EOFError, UnicodeDecodeError) as e:  # genops: malformed opcodes or arguments
+        raise Malformed(f"{where}: {str(e).splitlines()[0][:160] if str(e) else type(e).__name__}") from None
+    finally:
+        f.seek(start)
+
+
 class _PlainScan(_BaseUnpickler):
     """An unpickler that allows no global at all (for the small headers of legacy files)."""
 
@@ -388,7 +411,9 @@ def check_torch_zip(path: str) -> tuple[str, dict[str, StorageRef]]:
             except zipfile.BadZipFile as e:
                 raise Malformed(f"zip member {i.filename!r}: {e} (the file is damaged)") from None
         members = {i.filename: i for i in infos}
-        scan = TorchScan(io.BytesIO(zf.read(f"{prefix}/data.pkl")), legacy=False)
+        pkl = zf.read(f"{prefix}/data.pkl")
+        check_opcodes(io.BytesIO(pkl), len(pkl), "data.pkl")
+        scan = TorchScan(io.BytesIO(pkl), legacy=False)
         scan.load()
         for key, ref in scan.storages.items():
             info = members.get(f"{prefix}/data/{key}")

@@ -26,6 +26,7 @@ its spectral norm is taken over the full weight first, as the original does.
 
 from __future__ import annotations
 
+import re
 from typing import Mapping
 
 import numpy as np
@@ -152,7 +153,12 @@ def infer_config(shapes: Mapping[str, tuple], what: str = "checkpoint") -> dict:
         )
     ch = out // 256
     n_stats = _shape(shapes, "generator.bn.running_means", what)[0]
-    modules = sorted({int(k.split(".")[2]) for k in shapes if k.startswith("generator.layers.")})
+    layer_keys = [k for k in shapes if k.startswith("generator.layers.")]
+    bad = [k for k in layer_keys if not re.fullmatch(r"[0-9]{1,4}", k.split(".")[2] if k.count(".") >= 2 else "")]
+    if bad:  # a damaged key name (int() of it was a ValueError)
+        raise CheckpointError(f"the {what} has the tensor {bad[0][:80]!r}, not generator.layers.<index>.*; "
+                              "the checkpoint is damaged: download it again")
+    modules = sorted({int(k.split(".")[2]) for k in layer_keys})
     if modules != list(range(len(modules))):
         raise CheckpointError(f"the {what}'s generator.layers indices {modules} are not 0..{len(modules) - 1}")
     attention = [j for j in modules if f"generator.layers.{j}.snconv1x1_theta.weight_orig" in shapes]
@@ -195,7 +201,8 @@ def config_from_json(cfg: Mapping, where: str) -> dict:
             f"{where} has layers={layers!r}; expected a list of [upsample, in_mult, out_mult]. "
             "Restore the config.json that came with the weights"
         )
-    return out
+    # Checked now, by name, before the comparison with the weights reads the values.
+    return common.checked_config("biggan", out, where)
 
 
 def _attention_at(config: Mapping):

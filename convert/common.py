@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from panda_jax.errors import CheckpointError
+from panda_jax.errors import CheckpointError, ConfigError
 from ported_gens.base import Generator, abstract
 
 from .transforms import Rule, apply_rules, shape_of
@@ -136,6 +136,30 @@ def build(
     check_keymap(model, params, used=used, ignored=present, **checks)
     params, used, present = apply_rules(rules, ignored, sd)
     return fill(model, params, used=used, ignored=present, **checks)
+
+
+def kwargs_group(value, name: str, where: str) -> dict:
+    """A nested group of stored constructor arguments (``mapping_kwargs``, ...): ``None`` or a
+    mapping with text keys, as a plain dict; anything else is a CheckpointError."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise CheckpointError(
+            f"{where}: {name} is a {type(value).__name__}, not an object of constructor arguments; "
+            "the stored arguments are damaged: fix or remove them"
+        )
+    return dict(value)
+
+
+def checked_config(family: str, config: Mapping, where: str) -> dict:
+    """``config`` checked by the family's config class (names, types, ranges) and returned in
+    its plain form; a bad value is a CheckpointError naming ``where`` the settings came from."""
+    from ported_gens.base import FAMILIES
+
+    try:
+        return FAMILIES[family].Config.from_dict(config).to_dict()
+    except ConfigError as e:
+        raise CheckpointError(f"{where}: {e}; the stored settings are damaged: fix or remove them") from None
 
 
 def arch_config(arch: str) -> tuple[str, dict]:

@@ -128,10 +128,10 @@ def config_from_init_kwargs(kwargs: dict, where: str) -> dict:
     cls = kw.get("class_name")
     if cls is not None and cls not in CLASS_NAMES:
         raise CheckpointError(f"{where}: class_name {cls!r} is not an NVlabs StyleGAN2 generator ({list(CLASS_NAMES)})")
-    synth = dict(kw.pop("synthesis_kwargs", None) or {})
+    synth = common.kwargs_group(kw.pop("synthesis_kwargs", None), "synthesis_kwargs", where)
     for k, v in synth.items():
         kw.setdefault(k, v)
-    mapping = dict(kw.pop("mapping_kwargs", None) or {})
+    mapping = common.kwargs_group(kw.pop("mapping_kwargs", None), "mapping_kwargs", where)
 
     def refuse(name, value, want):
         raise CheckpointError(f"{where}: {name} = {value!r} is not supported (only {want!r}); this network cannot be ported")
@@ -140,7 +140,8 @@ def config_from_init_kwargs(kwargs: dict, where: str) -> dict:
     for name, want in checks.items():
         if name in kw and kw[name] != want:
             refuse(name, kw[name], want)
-    if "resample_filter" in kw and list(kw["resample_filter"]) != [1, 3, 3, 1]:
+    rf = kw.get("resample_filter", [1, 3, 3, 1])
+    if not isinstance(rf, (list, tuple)) or list(rf) != [1, 3, 3, 1]:
         refuse("resample_filter", kw["resample_filter"], [1, 3, 3, 1])
     for name, want in (("activation", "lrelu"), ("embed_features", None)):
         if mapping.get(name, want) != want:
@@ -155,21 +156,22 @@ def config_from_init_kwargs(kwargs: dict, where: str) -> dict:
     for name in ("z_dim", "w_dim", "img_resolution"):
         if name not in kw:
             raise CheckpointError(f"{where}: the constructor arguments lack {name!r}")
-    w_dim = int(kw["w_dim"])
-    clamp = kw.get("conv_clamp")
-    return dict(
-        resolution=int(kw["img_resolution"]),
-        z_dim=int(kw["z_dim"]),
+    # The values go to the config class unconverted: it refuses strings, bools, fractions and
+    # absurd sizes by name (int("sixty-four") or int(2.5) here would crash or silently change them).
+    w_dim = kw["w_dim"]
+    return common.checked_config("stylegan2", dict(
+        resolution=kw["img_resolution"],
+        z_dim=kw["z_dim"],
         w_dim=w_dim,
-        mapping_layers=int(mapping.get("num_layers", 8)),
-        mapping_fmaps=int(mapping.get("layer_features") or w_dim),
-        mapping_lr_mul=float(mapping.get("lr_multiplier", 0.01)),
-        fmaps_base=int(kw.get("channel_base", DEFAULT_CHANNEL_BASE)),
-        fmaps_max=int(kw.get("channel_max", 512)),
-        image_channels=int(kw.get("img_channels", 3)),
+        mapping_layers=mapping.get("num_layers", 8),
+        mapping_fmaps=mapping.get("layer_features") or w_dim,
+        mapping_lr_mul=mapping.get("lr_multiplier", 0.01),
+        fmaps_base=kw.get("channel_base", DEFAULT_CHANNEL_BASE),
+        fmaps_max=kw.get("channel_max", 512),
+        image_channels=kw.get("img_channels", 3),
         final_tanh=False,
-        conv_clamp=None if clamp is None else float(clamp),
-    )
+        conv_clamp=kw.get("conv_clamp"),
+    ), where)
 
 
 # ---- key map ------------------------------------------------------------------------------

@@ -646,8 +646,17 @@ def load_nvlabs_pickle(path: str) -> Any:
     token = _LOAD.set(_Load(budget=3 * size + (64 << 20)))
     try:
         with open(path, "rb") as f:
+            try:
+                _safety.check_opcodes(f, size, "opcodes")
+            except _Malformed as e:
+                raise CheckpointError(
+                    f"{path!r} is not a readable pickle ({e}); nothing from it was run. "
+                    "Check the file is complete and is an NVlabs network .pkl"
+                ) from None
             obj = _safe_unpickler(_safety.BoundedFile(f, size)).load()
             out = _plain(obj)
+    except CheckpointError:
+        raise
     except _Refused as e:
         raise CheckpointError(_refusal_message(path, e.name)) from None
     except _Malformed as e:

@@ -63,8 +63,8 @@ def config_from_init_kwargs(kwargs: dict, where: str = "the stored constructor a
     cls = kwargs.pop("class_name", CLASS_NAME)
     if cls != CLASS_NAME:
         raise CheckpointError(f"{where} are for {cls!r}, not a StyleGAN3 generator ({CLASS_NAME!r}); pass the right --arch")
-    kwargs.update(kwargs.pop("synthesis_kwargs", None) or {})
-    mapping = dict(kwargs.pop("mapping_kwargs", None) or {})
+    kwargs.update(common.kwargs_group(kwargs.pop("synthesis_kwargs", None), "synthesis_kwargs", where))
+    mapping = common.kwargs_group(kwargs.pop("mapping_kwargs", None), "mapping_kwargs", where)
     c_dim = kwargs.pop("c_dim", 0)
     if c_dim:
         raise CheckpointError(
@@ -89,6 +89,7 @@ def config_from_init_kwargs(kwargs: dict, where: str = "the stored constructor a
             "the file comes from a modified StyleGAN3. Remove them if they do not change the network, "
             "or pass --arch with a matching model name"
         )
+    common.checked_config("stylegan3", config, where)  # names each bad value before any inference uses it
     return config
 
 

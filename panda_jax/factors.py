@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import checks
+from . import _npy, checks
 from ._io import atomic_write
 from .errors import FactorsError
 
@@ -155,6 +155,7 @@ def load_factors(path: str) -> Factors:
         raise FactorsError(f"factors file {path!r} does not exist; fit first (panda-jax fit ... --out FILE)")
     what = f"{path!r} is not a panda-jax factors file"
     try:
+        _npy.check_sizes(path)  # declared shapes against the bytes present, before np.load allocates
         with np.load(path, allow_pickle=False) as z:
             if not {"header", "appearance", "parts"} <= set(z.files):
                 raise FactorsError(f"{what} (it holds {sorted(z.files)[:6]}); for the original's Uc/Us .npy pair "
@@ -174,8 +175,14 @@ def load_factors(path: str) -> Factors:
         raise FactorsError(f"{path!r} has factors file version {header.get('version')!r}; this panda-jax reads "
                            f"up to {FILE_VERSION}: upgrade panda-jax")
     for name, arr in (("appearance", A), ("parts", P)):
+        if not isinstance(arr, np.ndarray):  # a member that is not an .npy array comes back as bytes
+            raise FactorsError(f"{path!r}: {name} is not an array (the member is damaged); fit again")
         if arr.ndim != 2 or arr.dtype.kind != "f":
             raise FactorsError(f"{path!r}: {name} must be a 2-D float array; got shape {arr.shape}, dtype {arr.dtype}")
+    # Native float32 (a big-endian or float16/64 array is a float array JAX cannot take as is).
+    A, P = A.astype(np.float32), P.astype(np.float32)
+    if A.size == 0 or P.size == 0:  # checked in numpy: JAX compiles for a while on a [10**9, 0] array
+        raise FactorsError(f"{path!r} holds empty factors (appearance {A.shape}, parts {P.shape}); the file is damaged")
     if "height" not in header or "width" not in header:
         raise FactorsError(f"{path!r}: the header does not give the layer's height and width; the file is damaged")
     meta = header.get("meta", {})
@@ -208,6 +215,7 @@ def _load_npy(path: str, what: str) -> np.ndarray:
     if not os.path.isfile(path):
         raise FactorsError(f"{what} file {path!r} does not exist")
     try:
+        _npy.check_sizes(path)
         arr = np.load(path, allow_pickle=False)
     except Exception as e:
         raise FactorsError(f"{path!r} is not a readable .npy array ({type(e).__name__}: {str(e)[:200]})") from None

@@ -51,7 +51,7 @@ import numpy as np
 from flax import nnx
 
 from panda_jax._io import is_within, real_target, replace_dir, staging_dir
-from panda_jax.errors import CheckpointError, ConfigError, FeatureError, LayerError
+from panda_jax.errors import CheckpointError, ConfigError, FeatureError, LayerError, PandaError
 
 from .config import FamilyConfig
 
@@ -434,9 +434,11 @@ def is_converted_model(path: str) -> bool:
     if not (os.path.isdir(path) and os.path.isfile(cfg_path) and os.path.isdir(os.path.join(path, "params"))):
         return False
     try:
+        if os.path.getsize(cfg_path) > MAX_CONFIG_BYTES:
+            return False
         with open(cfg_path, encoding="utf-8") as f:
             meta = json.load(f)
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return False
     if not isinstance(meta, dict) or not isinstance(meta.get("format_version"), int):
         return False
@@ -510,45 +512,220 @@ def save_generator(model: Generator, out_dir: str, source: dict | None = None, *
     return out_dir
 
 
-def build(family: str, config: dict) -> Generator:
-    """A generator of ``family`` with ``config`` and placeholder (zero) parameters."""
-    if family not in FAMILIES:
+# No released generator of these families comes near this (BigGAN-deep 512, the largest, holds
+# about 0.25 GB); a config asking for more is damaged or hostile and is refused on its shapes alone.
+MAX_MODEL_BYTES = 2 << 30
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _family_class(family) -> type[Generator]:
+    if not isinstance(family, str) or family not in FAMILIES:
         raise ConfigError(f"unknown generator family {family!r}; known: {sorted(FAMILIES)}")
-    return FAMILIES[family](**config)
+    return FAMILIES[family]
+
+
+def _nbytes(shape, dtype) -> int:
+    return math.prod(int(d) for d in shape) * np.dtype(dtype).itemsize
+
+
+def _path_str(path) -> str:
+    return ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def model_bytes(model: Generator) -> tuple[int, str, tuple]:
+    """``(total bytes, largest tensor's name, its shape)`` of ``model``'s parameters and buffers
+    (concrete or abstract; nothing is allocated)."""
+    leaves = jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(nnx.state(model)))
+    total, big = 0, (0, "", ())
+    for path, leaf in leaves:
+        n = _nbytes(leaf.shape, leaf.dtype)
+        total += n
+        if n > big[0]:
+            big = (n, _path_str(path), tuple(leaf.shape))
+    return total, big[1], big[2]
 
 
 def abstract(family: str, config: dict) -> Generator:
-    """The generator with shape-only parameters (no memory), for checking key maps."""
-    if family not in FAMILIES:
-        raise ConfigError(f"unknown generator family {family!r}; known: {sorted(FAMILIES)}")
-    return nnx.eval_shape(lambda: FAMILIES[family](**config))
+    """The generator with shape-only parameters (no memory), for checking key maps and sizes.
+
+    A config whose parameters would take more than :data:`MAX_MODEL_BYTES` is a ConfigError
+    (named by its largest tensor): nothing of that size is allocated."""
+    cls = _family_class(family)
+    cfg = cls.Config.from_dict(config)  # names and values checked first (ConfigError)
+    try:
+        model = nnx.eval_shape(lambda: cls(cfg))
+    except PandaError:
+        raise
+    except (OverflowError, ValueError, TypeError, MemoryError) as e:  # shapes beyond what JAX can describe
+        raise ConfigError(
+            f"{family}: the config {cfg.to_dict()} gives shapes that cannot be built ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:160] if str(e) else ''}); check its sizes"
+        ) from None
+    total, name, shape = model_bytes(model)
+    if total > MAX_MODEL_BYTES:
+        raise ConfigError(
+            f"{family}: this config would need {total / 2**30:.3g} GiB of parameters (largest: {name} "
+            f"{list(shape)}), more than the {MAX_MODEL_BYTES >> 30} GiB any released model needs; check its sizes "
+            f"({', '.join(f'{k}={v}' for k, v in cfg.to_dict().items() if isinstance(v, int) and not isinstance(v, bool))})"
+        )
+    return model
 
 
-def load_dir(path: str) -> Generator:
-    """Rebuild a generator from a directory written by :func:`save_generator`."""
-    import orbax.checkpoint as ocp
+def build(family: str, config: dict) -> Generator:
+    """A generator of ``family`` with ``config`` and placeholder (zero) parameters. Its size is
+    checked on the abstract model first (:func:`abstract`)."""
+    abstract(family, config)
+    return _family_class(family)(**config)
 
+
+def _bad_dir(path: str, what: str, fix: str = "convert the checkpoint again (panda-jax convert SRC OUT --force)"):
+    return CheckpointError(f"converted model {path!r}: {what}; {fix}")
+
+
+def read_model_config(path: str) -> dict:
+    """The ``config.json`` of the converted model directory ``path``, checked: a JSON object of
+    at most :data:`MAX_CONFIG_BYTES` with a known ``family``, a ``config`` object and a
+    supported ``format_version``. Every failure is a :class:`CheckpointError` naming the fix."""
     cfg_path = os.path.join(path, "config.json")
+    if not os.path.isdir(path):
+        raise CheckpointError(
+            f"{path!r} is not a converted model directory; convert a checkpoint first: panda-jax convert SRC OUT"
+        )
     if not os.path.isfile(cfg_path):
         raise CheckpointError(
             f"{path!r} is not a converted model directory (no config.json); "
             "convert a checkpoint first: panda-jax convert SRC OUT"
         )
-    with open(cfg_path) as f:
-        meta = json.load(f)
-    model = abstract(meta["family"], meta["config"])
-    graphdef, abs_state = nnx.split(model)
-    target = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(abs_state)
-    )
+    try:
+        size = os.path.getsize(cfg_path)
+        if size > MAX_CONFIG_BYTES:
+            raise _bad_dir(path, f"config.json is {size} bytes, far more than a converted model's "
+                                 f"(at most {MAX_CONFIG_BYTES} read)")
+        with open(cfg_path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {cfg_path!r} ({e.strerror or e}); check the path and its permissions") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise _bad_dir(path, f"config.json is larger than {MAX_CONFIG_BYTES} bytes")
+    if not raw.strip():
+        raise _bad_dir(path, "config.json is empty")
+
+    def refuse_constant(name):
+        raise ValueError(f"{name} is not a JSON number")
+
+    try:
+        meta = json.loads(raw.decode("utf-8"), parse_constant=refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise _bad_dir(path, f"config.json is not valid JSON ({type(e).__name__}: {first})") from None
+    if not isinstance(meta, dict):
+        raise _bad_dir(path, f"config.json holds a JSON {type(meta).__name__}, not an object")
+    version = meta.get("format_version", FORMAT_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise _bad_dir(path, f"config.json has format_version {version!r}, not a positive integer")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"converted model {path!r} has format version {version}; this panda-jax reads up to {FORMAT_VERSION}: "
+            "upgrade panda-jax, or convert the checkpoint again with this version"
+        )
+    if "family" not in meta:
+        raise _bad_dir(path, f"config.json names no generator family (no 'family'; known: {sorted(FAMILIES)})")
+    family = meta["family"]
+    if not isinstance(family, str) or family not in FAMILIES:
+        shown = family if isinstance(family, str) and len(family) <= 60 else f"a JSON {type(family).__name__}"
+        raise _bad_dir(path, f"config.json names the unknown generator family {shown!r} (known: {sorted(FAMILIES)})")
+    if "config" not in meta:
+        raise _bad_dir(path, "config.json has no 'config' (the generator's settings)")
+    if not isinstance(meta["config"], dict):
+        raise _bad_dir(path, f"config.json's 'config' is a JSON {type(meta['config']).__name__}, not an object of settings")
+    if not isinstance(meta.get("source", {}), dict):
+        raise _bad_dir(path, f"config.json's 'source' is a JSON {type(meta['source']).__name__}, not an object")
+    return meta
+
+
+def _stored_metadata(params: str, path: str) -> dict[str, Any]:
+    """``{"a.b.name": (shape, dtype)}`` of the arrays orbax stored in ``params`` (read from the
+    checkpoint's metadata; no array is read)."""
+    import orbax.checkpoint as ocp
+
     try:
         with ocp.StandardCheckpointer() as ckptr:
-            restored = ckptr.restore(os.path.abspath(os.path.join(path, "params")), target)
+            meta = ckptr.metadata(params)
+        tree = getattr(meta, "item_metadata", meta)
+        leaves = jax.tree_util.tree_leaves_with_path(tree)
+    except Exception as e:  # orbax raises many kinds on damaged folders
+        first = str(e).splitlines()[0][:200] if str(e) else ""
+        raise _bad_dir(path, f"the parameters in params/ are not a readable orbax checkpoint ({type(e).__name__}: {first})") from None
+    out = {}
+    for p, leaf in leaves:
+        shape, dtype = getattr(leaf, "shape", None), getattr(leaf, "dtype", None)
+        if shape is None or dtype is None:
+            raise _bad_dir(path, f"params/ stores {_path_str(p)!r} as a {type(leaf).__name__}, not an array")
+        out[_path_str(p)] = (tuple(int(d) for d in shape), np.dtype(dtype))
+    return out
+
+
+def _check_against_stored(path: str, family: str, want: dict, stored: dict) -> None:
+    if not stored:
+        raise _bad_dir(path, "params/ holds no parameters (not a readable orbax checkpoint of a converted model)")
+    missing = [k for k in want if k not in stored]
+    extra = [k for k in stored if k not in want]
+
+    def names(keys):
+        return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+
+    if missing:
+        raise _bad_dir(path, f"params/ lacks {len(missing)} parameter(s) the {family} config needs: {names(missing)}")
+    if extra:
+        raise _bad_dir(path, f"params/ holds {len(extra)} parameter(s) the {family} config does not have: {names(extra)}")
+    for k, (shape, dtype) in want.items():
+        s_shape, s_dtype = stored[k]
+        if s_shape != shape or s_dtype != dtype:
+            raise _bad_dir(
+                path,
+                f"config.json disagrees with the stored parameters: {k} is stored as {list(s_shape)} {s_dtype} but "
+                f"the {family} config needs {list(shape)} {dtype} (config.json edited, or params/ from another model)",
+            )
+
+
+def load_dir(path: str) -> Generator:
+    """Rebuild a generator from a directory written by :func:`save_generator`.
+
+    Everything is checked before an array is allocated: ``config.json`` (:func:`read_model_config`),
+    the config's names and values (the family's config class), the size the config implies
+    (:func:`abstract`), and the abstract model's parameter names, shapes and dtypes against the
+    orbax checkpoint's stored metadata. After restoring, every floating tensor must be finite.
+    Every failure is a :class:`CheckpointError` (a :class:`~panda_jax.errors.PandaError`)."""
+    import orbax.checkpoint as ocp
+
+    meta = read_model_config(path)
+    family = meta["family"]
+    try:
+        model = abstract(family, meta["config"])
+    except PandaError as e:
+        raise _bad_dir(path, f"config.json does not describe a valid generator ({e})") from None
+    params = os.path.abspath(os.path.join(path, "params"))
+    if not os.path.isdir(params):
+        raise _bad_dir(path, "there is no params/ folder (the parameters)")
+    graphdef, abs_state = nnx.split(model)
+    pure = nnx.to_pure_dict(abs_state)
+    want = {_path_str(p): (tuple(leaf.shape), np.dtype(leaf.dtype))
+            for p, leaf in jax.tree_util.tree_leaves_with_path(pure)}
+    _check_against_stored(path, family, want, _stored_metadata(params, path))
+    target = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), pure)
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            restored = ckptr.restore(params, target)
     except Exception as e:  # orbax raises many kinds
-        raise CheckpointError(
-            f"cannot read the parameters in {path!r}/params ({type(e).__name__}: {e}); "
-            "convert the checkpoint again"
-        ) from None
+        first = str(e).splitlines()[0][:200] if str(e) else ""
+        raise _bad_dir(path, f"cannot read the parameters in params/ ({type(e).__name__}: {first})") from None
+    for p, leaf in jax.tree_util.tree_leaves_with_path(restored):
+        arr = np.asarray(leaf)
+        if arr.dtype.kind in "fc":
+            bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
+            if bad:
+                raise _bad_dir(path, f"parameter {_path_str(p)} holds {bad} NaN/inf value{'s' if bad != 1 else ''} "
+                                     "(damaged, or saved from a diverged run)")
     nnx.replace_by_pure_dict(abs_state, restored)
     model = nnx.merge(graphdef, abs_state)
     model._source_json = json.dumps(meta.get("source", {}), sort_keys=True)

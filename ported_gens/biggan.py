@@ -53,7 +53,7 @@ from panda_jax.errors import ConfigError, FeatureError
 
 from . import ops
 from .base import Buffer, Generator, Latents, as_latents, register_family, stage
-from .config import FamilyConfig, Float, Int, Kind, setting
+from .config import MAX_DEPTH, FamilyConfig, Float, Int, Kind, setting
 from .imagenet import class_index, class_indices, imagenet_classes  # noqa: F401  (BigGAN's classes)
 
 # The BigGAN-deep 128x128 block list: (upsample, input channel multiplier, output multiplier).
@@ -295,20 +295,23 @@ class Blocks(Kind):
     """BigGAN-deep's block list: ``[upsample, in_mult (int), out_mult (int)]`` per block. The
     upsampling flag is a bool, or 0 / 1 (the original only tests its truth)."""
 
-    want = "a list of [upsample (bool), in_mult (int), out_mult (int)] blocks"
+    want = f"a list of at most {MAX_DEPTH} [upsample (bool), in_mult (int), out_mult (int)] blocks"
+    MAX_MULT = 1 << 12
 
     @staticmethod
     def _flag(u) -> bool:
         return isinstance(u, (bool, np.bool_)) or (isinstance(u, (int, np.integer)) and u in (0, 1))
 
     def __call__(self, where, name, value, example=None):
-        try:
-            blocks = tuple(tuple(b) for b in value)
+        try:  # a string is not a block list (and would iterate into characters)
+            blocks = None if isinstance(value, (str, bytes)) else tuple(
+                None if isinstance(b, (str, bytes)) else tuple(b) for b in value)
         except TypeError:
             blocks = None
-        if not blocks or any(
-            len(b) != 3 or not self._flag(b[0])
-            or any(isinstance(m, (bool, np.bool_)) or not isinstance(m, (int, np.integer)) or m < 1 for m in b[1:])
+        if not blocks or len(blocks) > MAX_DEPTH or any(
+            b is None or len(b) != 3 or not self._flag(b[0])
+            or any(isinstance(m, (bool, np.bool_)) or not isinstance(m, (int, np.integer)) or not 1 <= m <= self.MAX_MULT
+                   for m in b[1:])
             for b in blocks
         ):
             self.fail(where, name, value, fix="give e.g. [[false, 16, 16], [true, 16, 8], ...] (at least one block)")
@@ -340,7 +343,7 @@ class BigGANConfig(FamilyConfig):
     layers: tuple = setting(Blocks(), DEEP_128_LAYERS)
     attention_layer_position: int = setting(Int(lo=None), 8)
     eps: float = setting(Float(), 1e-4)
-    n_stats: int = setting(Int(lo=2), 51)
+    n_stats: int = setting(Int(lo=2, hi=1 << 12), 51)
 
     @classmethod
     def deep(cls, resolution: int = 128, **changes) -> "BigGANConfig":

@@ -45,18 +45,30 @@ class Kind:
         raise ConfigError(f"{where}: {name} = {_show(value)} is not {self.want}; {fix}")
 
 
-class Int(Kind):
-    """A Python or numpy integer (never a bool or a float) ``>= lo`` (any integer when ``lo`` is None)."""
+# No size, width or count of a generator comes near this (the released models' largest is 32768,
+# StyleGAN's fmaps_base); a larger value is a damaged or hostile config, refused before any array
+# of that size (or a Python loop that long) is made.
+MAX_INT = 1 << 24
+# No generator stacks more layers or blocks than this (the released ones: 18 at most).
+MAX_DEPTH = 64
 
-    def __init__(self, lo: int | None = 1):
-        self.lo = lo
-        self.want = "an integer" if lo is None else "a positive integer" if lo == 1 else f"an integer >= {lo}"
+
+class Int(Kind):
+    """A Python or numpy integer (never a bool or a float) in ``lo .. hi`` (``lo`` None: from
+    ``-hi``). ``hi`` defaults to :data:`MAX_INT`, far above any real model's setting: a config of
+    absurd sizes is refused here, before anything is allocated."""
+
+    def __init__(self, lo: int | None = 1, hi: int = MAX_INT):
+        self.lo, self.hi = lo, hi
+        low = "an integer" if lo is None else "a positive integer" if lo == 1 else f"an integer >= {lo}"
+        self.want = f"{low} up to {hi}" if lo is not None else f"an integer of magnitude up to {hi}"
 
     def __call__(self, where, name, value, example=None):
         if (
             isinstance(value, (bool, np.bool_))
             or not isinstance(value, (int, np.integer))
-            or (self.lo is not None and value < self.lo)
+            or value > self.hi
+            or value < (-self.hi if self.lo is None else self.lo)
         ):
             self.fail(where, name, value, example)
         return int(value)

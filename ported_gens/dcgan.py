@@ -123,7 +123,7 @@ class DCGANConfig(FamilyConfig):
     nz: int = setting(Int(), 100)
     ngf: int = setting(Int(), 64)
     nc: int = setting(Int(), 3)
-    blocks: int = setting(Int(), 4)
+    blocks: int = setting(Int(hi=12), 4)  # 16384 px at most
 
     @classmethod
     def faces64(cls) -> "DCGANConfig":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from . import ops
-from .config import Choice, FamilyConfig, Flag, Float, Int, setting
+from .config import MAX_DEPTH, Choice, FamilyConfig, Flag, Float, Int, setting
 
 RESOLUTIONS = (8, 16, 32, 64, 128, 256, 512, 1024)
 DEFAULT_TRUNC_LAYERS = 18  # PandA's trunc_layers: every row of w+ up to 1024 px
@@ -55,7 +55,7 @@ class GenforceStyleConfig(GenforceConfig):
     """A genforce generator with a mapping network (StyleGAN, StyleGAN2)."""
 
     w_dim: int = setting(Int(), 512)
-    mapping_layers: int = setting(Int(), 8)
+    mapping_layers: int = setting(Int(hi=MAX_DEPTH), 8)
     mapping_fmaps: int = setting(Int(), 512)
     mapping_lr_mul: float = setting(Float(positive=True), 0.01)
 

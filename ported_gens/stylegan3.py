@@ -51,7 +51,7 @@ from panda_jax.errors import ConfigError, FeatureError
 
 from . import ops
 from .base import Buffer, StyleGenerator, register_family, stage
-from .config import FamilyConfig, Flag, Float, Int, setting
+from .config import MAX_DEPTH, FamilyConfig, Flag, Float, Int, setting
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -64,22 +64,22 @@ class StyleGAN3Config(FamilyConfig):
     family: ClassVar[str] = "stylegan3"
     z_dim: int = setting(Int(), 512)
     w_dim: int = setting(Int(), 512)
-    img_resolution: int = setting(Int(), 1024)
+    img_resolution: int = setting(Int(hi=1 << 16), 1024)
     img_channels: int = setting(Int(), 3)
-    mapping_layers: int = setting(Int(), 2)
+    mapping_layers: int = setting(Int(hi=MAX_DEPTH), 2)
     mapping_lr_multiplier: float = setting(Float(positive=True), 0.01)
     channel_base: int = setting(Int(), 32768)
     channel_max: int = setting(Int(), 512)
-    num_layers: int = setting(Int(), 14)
-    num_critical: int = setting(Int(lo=0), 2)
+    num_layers: int = setting(Int(hi=MAX_DEPTH), 14)
+    num_critical: int = setting(Int(lo=0, hi=MAX_DEPTH), 2)
     first_cutoff: float = setting(Float(positive=True), 2.0)
     first_stopband: float = setting(Float(positive=True), 2**2.1)
     last_stopband_rel: float = setting(Float(positive=True), 2**0.3)
-    margin_size: int = setting(Int(lo=0), 10)
+    margin_size: int = setting(Int(lo=0, hi=1 << 12), 10)
     output_scale: float = setting(Float(), 0.25)
-    conv_kernel: int = setting(Int(), 3)
-    filter_size: int = setting(Int(), 6)
-    lrelu_upsampling: int = setting(Int(), 2)
+    conv_kernel: int = setting(Int(hi=64), 3)
+    filter_size: int = setting(Int(hi=64), 6)
+    lrelu_upsampling: int = setting(Int(hi=16), 2)
     use_radial_filters: bool = setting(Flag(), False)
     conv_clamp: float | None = setting(Float(positive=True, optional=True), 256.0)
 

@@ -33,6 +33,7 @@ import zipfile
 
 import numpy as np
 
+from .. import _npy
 from ..errors import DirectionsError
 
 SPACES = ("z", "w", "w+")
@@ -104,6 +105,8 @@ def _numbers(arr, what: str, path: str) -> np.ndarray:
 
 def _rows(arr: np.ndarray, what: str, path: str) -> tuple[np.ndarray, int | None]:
     """``[K, D]`` from ``[D]``, ``[K, D]`` or ``[K, L, D]`` (then also ``L``; ``L = 1`` dropped)."""
+    if arr.size == 0:  # before reshaping: [0, 10**9, 3] cannot be reshaped to [0, -1]
+        raise DirectionsError(f"{path!r}: {what} is empty (shape {arr.shape})")
     if arr.ndim == 1:
         arr = arr[None]
     layers = None
@@ -150,13 +153,14 @@ def _open(path: str):
             "as pickles: save their 'lat_comp' with np.save)"
         )
     try:
+        _npy.check_sizes(path)  # declared shapes against the bytes present, before np.load allocates
         return np.load(path, allow_pickle=False), path
     except ValueError as e:
         if "pickle" in str(e).lower() or "object" in str(e).lower():
             raise DirectionsError(f"{path!r} holds Python objects (an object array), which are refused "
                                   "(loading them could run code); save plain float arrays") from None
         raise DirectionsError(f"{path!r} is not a readable .npy/.npz file ({str(e)[:200]})") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
+    except Exception as e:  # noqa: BLE001 - zipfile, numpy's header parser and tokenize raise many kinds
         raise DirectionsError(f"{path!r} is not a readable .npy/.npz file ({type(e).__name__}: {str(e)[:200]}); "
                               "the file is damaged or truncated") from None
 
@@ -169,7 +173,7 @@ def _get(z, key: str, path: str):
             raise DirectionsError(f"{path!r}: {key!r} holds Python objects (an object array), which are refused "
                                   "(loading them could run code); save plain float arrays") from None
         raise DirectionsError(f"{path!r}: {key!r} is not readable ({str(e)[:200]})") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
+    except Exception as e:  # noqa: BLE001 - zipfile, numpy's header parser and tokenize raise many kinds
         raise DirectionsError(f"{path!r}: {key!r} is not readable ({type(e).__name__}); the file is damaged") from None
 
 
