@@ -228,6 +228,7 @@ def run(plan_name: str, out_dir: str, log=print) -> dict:
         "paper_table2_roir": PAPER,
         "figure": os.path.basename(figure),
         "date": time.strftime("%Y-%m-%d %H:%M"),
+        "load_average": list(os.getloadavg()),
     }
     try:
         out["jacobian"] = jacobian_timing(G, reverse=plan_name == "full")
@@ -294,7 +295,9 @@ def markdown(out) -> str:
         note += (f"\nReSeFa Jacobian of one 64x64 image w.r.t. z (100): JAX forward mode {j['jax_forward_s'] * 1e3:.1f} ms; "
                  + ", ".join(f"{k[:-2].replace('_', ' ')} {v * 1e3:.1f} ms" for k, v in j.items()
                              if k.startswith("torch") and k.endswith("_s") and v)
-                 + f"; {j['speedup_vs_best_torch']:.1f}x the best torch; max abs difference {j['max_abs_diff']:.2g}.\n")
+                 + f"; {j['speedup_vs_best_torch']:.1f}x the best torch; max abs difference {j['max_abs_diff']:.2g}"
+                 + (f" (load average {j['load_average'][0]:.1f} when timed)" if j.get("load_average") else "")
+                 + ".\n")
     return "\n".join(lines) + "\n" + note
 
 
@@ -333,9 +336,23 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join("out", "locality"), help="output folder")
     ap.add_argument("--write-results", action="store_true",
                     help="replace the locality section of benchmarks/RESULTS.md")
+    ap.add_argument("--jacobian-only", default=None, metavar="DIR",
+                    help="re-time only the Jacobian comparison (e.g. on an idle machine) into DIR/locality.json")
     ap.add_argument("--from-json", default=None, metavar="DIR",
                     help="no measuring: write the report of an earlier run's DIR/locality.json")
     a = ap.parse_args(argv)
+    if a.jacobian_only:
+        import json
+
+        path = os.path.join(a.jacobian_only, "locality.json")
+        with open(path) as f:
+            out = json.load(f)
+        out["jacobian"] = jacobian_timing(pipeline.load_model("default"), reverse=True)
+        out["jacobian"]["load_average"] = list(os.getloadavg())
+        pipeline.write_json(path, out)
+        with open(os.path.join(a.jacobian_only, "locality.md"), "w") as f:
+            f.write(markdown(out))
+        a.from_json = a.jacobian_only
     if a.from_json:
         import json
 
