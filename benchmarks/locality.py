@@ -38,7 +38,7 @@ METHODS = ("PandA", "GANSpace", "SeFa", "ReSeFa")
 PAPER = {"PandA": "1.12-1.25", "GANSpace": "3.12-4.95", "SeFa": "3.50-6.82", "ReSeFa": "not in Table 2"}
 
 PLANS = {
-    "quick": dict(select=16, evaluate=32, fit_samples=64, fit_steps=100, ganspace_samples=4096, k=6,
+    "quick": dict(select=8, evaluate=32, fit_samples=64, fit_steps=100, ganspace_samples=4096, k=6,
                   resefa_samples=4, target=0.25, swd_per_image=32, show=3),
     "full": dict(select=64, evaluate=1000, fit_samples=256, fit_steps=300, ganspace_samples=100_000, k=10,
                  resefa_samples=32, target=0.25, swd_per_image=128, show=4),
