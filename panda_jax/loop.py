@@ -13,9 +13,12 @@ factors of an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -101,6 +104,23 @@ class Progress:
 # ---- checkpoints ------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Hold Ctrl-C until the block ends, then raise it: a save interrupted half-way would leave
+    orbax's finalize thread failing (and a traceback on the terminal)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old if old is not None else signal.default_int_handler)
+    if got:
+        raise KeyboardInterrupt
+
+
 class _Store:
     """The fit state in ``directory`` (orbax ``CheckpointManager``, two latest kept)."""
 
@@ -116,6 +136,7 @@ class _Store:
                 f"checkpoint directory {directory!r} holds other files; give a new directory for the fit state"
             )
         self.fingerprint = json.loads(json.dumps(fingerprint))
+        self.saved_step = None  # the last step this process saved
         os.makedirs(self.dir, exist_ok=True)
         import orbax.checkpoint as ocp
 
@@ -137,8 +158,11 @@ class _Store:
         tree = {"leaves": {str(i): a for i, a in enumerate(leaves)}, "losses": np.asarray(losses, np.float64)}
         meta = {"step": step, "converged": converged, "fingerprint": self.fingerprint}
         args = self.ocp.args
-        self.mngr.save(step, args=args.Composite(state=args.StandardSave(tree), meta=args.JsonSave(meta)), force=True)
-        self.mngr.wait_until_finished()
+        with _sigint_deferred():
+            self.mngr.save(step, args=args.Composite(state=args.StandardSave(tree), meta=args.JsonSave(meta)),
+                           force=True)
+            self.mngr.wait_until_finished()
+            self.saved_step = step
 
     def restore(self, state, constants):
         """``(state, constants, losses, step, converged)`` from the latest save, or None."""
@@ -262,6 +286,8 @@ def run_loop(
     except KeyboardInterrupt:
         if store is None:
             raise
+        if store.saved_step is not None:  # a save that Ctrl-C waited for counts
+            last_saved = max(last_saved, store.saved_step)
         where = last_saved
         if done > last_saved and _alive(state):
             jax.block_until_ready(state)

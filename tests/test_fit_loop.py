@@ -170,3 +170,39 @@ def test_sigkilled_fit_resumes_to_the_uninterrupted_factors(tmp_path, kind, lr):
         np.testing.assert_array_equal(b["P"], a["P"])
         np.testing.assert_array_equal(b["A"], a["A"])
     np.testing.assert_array_equal(b["L"], a["L"])
+
+
+def test_ctrl_c_saves_the_state_and_exits_130(tmp_path):
+    from tests.helpers import BIN
+
+    out = tmp_path / "f.npz"
+    state = tmp_path / "f.fit-state"
+    cmd = [BIN] if os.path.exists(BIN) else [sys.executable, "-m", "panda_jax.app.cli"]
+    p = subprocess.Popen(cmd + ["fit", "default", "--layer", "2", "--ranks", "4", "2", "--samples", "8",
+                                "--steps", "10000000", "--lr", "1e-6", "--checkpoint-every", "20", "--out", str(out),
+                                "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 180
+        while not (state.is_dir() and any(state.iterdir())) and p.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert p.poll() is None, p.communicate()
+        time.sleep(1.0)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "--resume" in lines[0] and "Traceback" not in err, err
+    assert state.is_dir() and not out.exists()
+    # the same command with --resume continues from the saved state (here to a nearer end)
+    import re
+
+    step = int(re.search(r"at step (\d+)", lines[0]).group(1))
+    res = subprocess.run(cmd + ["fit", "default", "--layer", "2", "--ranks", "4", "2", "--samples", "8",
+                                "--steps", str(step + 20), "--lr", "1e-6", "--checkpoint-every", "20", "--out",
+                                str(out), "-q", "--resume"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    F = pj.load_factors(str(out))
+    assert F.ranks == (4, 2) and np.all(np.isfinite(np.asarray(F.parts)))
