@@ -109,3 +109,17 @@ def editor_reference(editor):
 
     info = json.load(urllib.request.urlopen(editor.url + "api/info", timeout=30))
     return pipeline.load_model("default"), pj.load_factors(info["factors_file"]), info
+
+
+# The longest files start first, so that with the suite split over workers (pytest-xdist
+# --dist loadfile) none of them is left running alone at the end.
+LONG_FILES = ("test_benchmarks.py", "test_locality.py", "test_cli_families.py", "test_editor.py",
+              "test_editor_browser.py", "test_fit_loop.py", "test_cli.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        name = os.path.basename(str(item.fspath))
+        return LONG_FILES.index(name) if name in LONG_FILES else len(LONG_FILES)
+
+    items.sort(key=rank)  # stable: the order within each file is kept
