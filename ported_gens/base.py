@@ -234,6 +234,17 @@ class Generator(nnx.Module):
             )
         return int(layer)
 
+    def check_features(self, Z, layer: int, note: str = ""):
+        """``Z`` as an array, or a FeatureError unless it is ``[N, H, W, C]`` of ``layer``."""
+        Z = jnp.asarray(Z)
+        want = self._layer_shapes()[layer]
+        if Z.ndim != 4 or tuple(Z.shape[1:]) != tuple(want):
+            raise FeatureError(
+                f"Z of shape {tuple(Z.shape)} cannot resume this {self.family} generator at layer {layer}; "
+                f"expected [N, {want[0]}, {want[1]}, {want[2]}] (NHWC{note})"
+            )
+        return Z
+
     def sample_latents(self, key, n: int):
         """Standard-normal z of shape ``[n, z_dim]``."""
         return jax.random.normal(key, (int(n), self.z_dim), jnp.float32)

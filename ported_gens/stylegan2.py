@@ -368,13 +368,7 @@ class StyleGAN2Rosinality(StyleGAN2):
 
     def render(self, Z, layer: int, ctx: dict):
         layer = self.check_layer(layer)
-        Z = jnp.asarray(Z)
-        want = self._layer_shapes()[layer]
-        if Z.ndim != 4 or tuple(Z.shape[1:]) != want:
-            raise FeatureError(
-                f"Z of shape {tuple(Z.shape)} cannot resume this {ROSINALITY_FAMILY} generator at layer {layer}; "
-                f"expected [N, {want[0]}, {want[1]}, {want[2]}] (NHWC)"
-            )
+        Z = self.check_features(Z, layer)
         if not isinstance(ctx, dict) or "wp" not in ctx:
             raise FeatureError("ctx has no 'wp'; pass the ctx that features() returned with Z")
         wp = self.check_wp(ctx["wp"])

@@ -521,13 +521,7 @@ class StyleGAN3(StyleGenerator):
     def render(self, Z, layer: int, ctx: dict):
         """The image ``[N, H, W, 3]`` from resuming at ``layer`` with ``Z`` (margins included)."""
         layer = self.check_layer(layer)
-        Z = jnp.asarray(Z)
-        want = self._layer_shapes()[layer]
-        if Z.ndim != 4 or tuple(Z.shape[1:]) != want:
-            raise FeatureError(
-                f"Z of shape {tuple(Z.shape)} cannot resume this StyleGAN3 at layer {layer}; "
-                f"expected [N, {want[0]}, {want[1]}, {want[2]}] (NHWC, margins included)"
-            )
+        Z = self.check_features(Z, layer, ', margins included')
         if "ws" not in ctx:
             raise FeatureError("ctx has no 'ws'; pass the ctx that features() returned with Z")
         return self._run(Z, jnp.asarray(ctx["ws"]), layer, self.num_layers + 1)
