@@ -484,15 +484,6 @@ def canaries(root: str) -> dict[str, tuple[str, str]]:
     return out
 
 
-def _peak_reset() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _status(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -512,13 +503,14 @@ def _caused_by_memory(e: BaseException) -> bool:
 
 
 def run_case(formats: Formats, fmt: str, index: int, seed: int, work: str) -> dict:
+    from benchmarks.worker import _reset_peak
     from panda_jax.errors import PandaError
 
     rng = random.Random(f"{seed}:{fmt}:{index}")
     ops: list[str] = []
     case_dir = os.path.join(work, f"{fmt}-{index}")
     formats.make(fmt, rng, case_dir, ops)
-    measured = _peak_reset()
+    measured = _reset_peak()
     rss0 = _status("VmRSS")
     t0 = time.perf_counter()
     res = {"format": fmt, "index": index, "ops": ops}
