@@ -96,10 +96,13 @@ RESULTS_MD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.m
 def own_sections(doc: str) -> list[str]:
     """The ``## ...`` sections of a RESULTS.md that other scripts write (their heading names the
     script, e.g. ``(`python -m benchmarks.gen_speed`)``), in order."""
-    out, starts = [], [i for i in range(len(doc)) if doc.startswith("## ", i) and (i == 0 or doc[i - 1] == "\n")]
+    import re
+
+    starts = [m.start() for m in re.finditer(r"(?m)^## ", doc)]
+    out = []
     for k, s in enumerate(starts):
         end = starts[k + 1] if k + 1 < len(starts) else len(doc)
-        head = doc[s:doc.find("\n", s) if "\n" in doc[s:] else len(doc)]
+        head = doc[s:end].split("\n", 1)[0]
         if "`python -m benchmarks." in head and "benchmarks.run" not in head:
             out.append(doc[s:end].rstrip() + "\n")
     return out
@@ -116,7 +119,10 @@ def replace_section(heading: str, text: str, path: str = RESULTS_MD) -> None:
         doc = doc[:start] + text.rstrip() + "\n" + (doc[nxt:] if nxt >= 0 else "")
     else:
         doc = doc.rstrip() + "\n\n" + text.rstrip() + "\n"
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(doc)
-    os.replace(tmp, path)
+    from panda_jax._io import atomic_write
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(doc)
+
+    atomic_write(path, write)

@@ -159,8 +159,7 @@ def run(plan_name: str, out_dir: str, log=print) -> dict:
     lat_sel = G.sample_latents(jax.random.key(1), plan["select"])
     lat_eval = G.sample_latents(jax.random.key(2), plan["evaluate"])
     base_sel = np.asarray(G.generate(lat_sel))
-    base_eval = pipeline.render(G, *pipeline.features(G, lat_eval, LAYER)[::-1][::-1], LAYER) \
-        if False else np.asarray(G.generate(lat_eval))
+    base_eval = np.asarray(G.generate(lat_eval))
     Zs, cs = pipeline.features(G, lat_sel, LAYER)
     Ze, ce = pipeline.features(G, lat_eval, LAYER)
 
