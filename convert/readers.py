@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from panda_jax.errors import CheckpointError
+from panda_jax.errors import first_line as _first_line
 
 from . import _safety
 
@@ -49,11 +50,6 @@ def _require_torch():
     import torch
 
     return torch
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).splitlines()
-    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
 def _check_file(path: str, what: str) -> int:

@@ -43,3 +43,9 @@ class DivergenceError(PandaError):
 
 class ConvergenceWarning(UserWarning):
     """A fit stopped at ``steps`` before meeting its ``tol`` (as scikit-learn's)."""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """``"TypeName: first line of the message"`` (cut at ``limit``), for one-line error texts."""
+    text = str(e).splitlines()
+    return f"{type(e).__name__}: {text[0][:limit]}" if text else type(e).__name__

@@ -51,7 +51,7 @@ import numpy as np
 from flax import nnx
 
 from panda_jax._io import is_within, real_target, replace_dir, staging_dir
-from panda_jax.errors import CheckpointError, ConfigError, FeatureError, LayerError, PandaError
+from panda_jax.errors import CheckpointError, ConfigError, FeatureError, LayerError, PandaError, first_line
 
 from .config import FamilyConfig
 
@@ -569,8 +569,8 @@ def abstract(family: str, config: dict) -> Generator:
         raise
     except (OverflowError, ValueError, TypeError, MemoryError) as e:  # shapes beyond what JAX can describe
         raise ConfigError(
-            f"{family}: the config {cfg.to_dict()} gives shapes that cannot be built ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:160] if str(e) else ''}); check its sizes"
+            f"{family}: the config {cfg.to_dict()} gives shapes that cannot be built ({first_line(e, 160)}); "
+            "check its sizes"
         ) from None
     total, name, shape = model_bytes(model)
     if total > MAX_MODEL_BYTES:
@@ -627,8 +627,7 @@ def read_model_config(path: str) -> dict:
     try:
         meta = json.loads(raw.decode("utf-8"), parse_constant=refuse_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        raise _bad_dir(path, f"config.json is not valid JSON ({type(e).__name__}: {first})") from None
+        raise _bad_dir(path, f"config.json is not valid JSON ({first_line(e, 160)})") from None
     if not isinstance(meta, dict):
         raise _bad_dir(path, f"config.json holds a JSON {type(meta).__name__}, not an object")
     version = meta.get("format_version", FORMAT_VERSION)
@@ -665,8 +664,7 @@ def _stored_metadata(params: str, path: str) -> dict[str, Any]:
         tree = getattr(meta, "item_metadata", meta)
         leaves = jax.tree_util.tree_leaves_with_path(tree)
     except Exception as e:  # orbax raises many kinds on damaged folders
-        first = str(e).splitlines()[0][:200] if str(e) else ""
-        raise _bad_dir(path, f"the parameters in params/ are not a readable orbax checkpoint ({type(e).__name__}: {first})") from None
+        raise _bad_dir(path, f"the parameters in params/ are not a readable orbax checkpoint ({first_line(e)})") from None
     out = {}
     for p, leaf in leaves:
         shape, dtype = getattr(leaf, "shape", None), getattr(leaf, "dtype", None)
@@ -728,8 +726,7 @@ def load_dir(path: str) -> Generator:
         with ocp.StandardCheckpointer() as ckptr:
             restored = ckptr.restore(params, target)
     except Exception as e:  # orbax raises many kinds
-        first = str(e).splitlines()[0][:200] if str(e) else ""
-        raise _bad_dir(path, f"cannot read the parameters in params/ ({type(e).__name__}: {first})") from None
+        raise _bad_dir(path, f"cannot read the parameters in params/ ({first_line(e)})") from None
     for p, leaf in jax.tree_util.tree_leaves_with_path(restored):
         arr = np.asarray(leaf)
         if arr.dtype.kind in "fc":
