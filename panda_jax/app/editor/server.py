@@ -38,6 +38,7 @@ from . import protocol
 from .state import RequestError
 
 MAX_JSON_BYTES = 4 << 20
+DRAIN_FACTOR = 4  # over-size bodies up to this many times the limit are read before the 413
 STATIC = {  # URL path -> (file in static/, content type); nothing else is served
     "/": ("index.html", "text/html; charset=utf-8"),
     "/index.html": ("index.html", "text/html; charset=utf-8"),
@@ -150,6 +151,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if n < 0:
             raise RequestError(f"bad Content-Length {length!r}")
         if n > limit:
+            # A body a few times the limit is read and dropped first, so that the client, still
+            # sending, gets the message rather than a reset connection; a larger one is refused
+            # from its Content-Length alone, unread.
+            if n <= DRAIN_FACTOR * limit:
+                left = n
+                while left > 0:
+                    got = self.rfile.read(min(left, 1 << 16))
+                    if not got:
+                        break
+                    left -= len(got)
             raise RequestError(f"the request is {n} bytes; at most {limit} are accepted here", 413)
         return self.rfile.read(n)
 
