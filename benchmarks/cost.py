@@ -24,15 +24,17 @@ def fit_step_flops(N: int, S: int, C: int, rc: int, rs: int) -> int:
     NR = N * rs
     big = 2 * (2 * N * S * C * rs)  # Z^T V and Z P
     block = 2 * C * rc * NR  # one [C, R_C] x [R_C, N R_S] product (or a transposed one)
-    products = 6 * block  # Y = A^T X before and after the parts step, V = A (...), three in grad A
+    # Y = A^T X before and after the parts step, V = A U, X U^T in grad A
+    products = 4 * block
     if rc <= NR:
-        products += 2 * C * rc * rc + 2 * (2 * rc * rc * NR) + block  # A^T A; W twice; A Y
+        # A^T A; W = (A^T A) Y twice; the second term of grad A as A (Y (Y P^T P)^T)
+        products += 2 * C * rc * rc + 2 * (2 * rc * rc * NR) + 2 * rc * NR * rc + 2 * C * rc * rc
     else:
-        products += 4 * block  # A Y and A^T (A Y), before and after the parts step
+        products += 4 * block + block  # A Y and A^T (A Y) before and after the parts step; (A Y) (Y P^T P)^T
     small = (
         2 * rc * NR * rs  # sum_n Y_n^T W_n
-        + 2 * rc * NR * rs  # W P^T P
-        + 2 * C * NR * rs + 2 * rc * NR * rs  # X P^T P, Y P^T P
+        + 2 * (2 * rc * NR * rs)  # W P^T P (U), for each gradient
+        + 2 * rc * NR * rs  # Y P^T P
         + 3 * 2 * S * rs * rs  # P^T P twice, P (Y^T W)
     )
     return big + products + small

@@ -31,6 +31,7 @@ They are not meant to be called inside ``jit``; the loss, its gradients and the 
 
 from __future__ import annotations
 
+import os
 from functools import partial
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -71,6 +72,10 @@ def naive_loss(features, A, P):
 
 # Layout inside the loops. The features are read as one matrix ``Zt = [S, N*C]`` (column
 # ``n*C + c``), so both passes are single matrix products: ``X = P^T Zt`` and ``Zt V``.
+# On the CPU the fit also keeps ``Zc = [N*C, S]`` (:func:`to_rows`) where memory allows
+# (:func:`_rows_for`): XLA's CPU backend runs ``Zc P`` about twice as fast as ``P^T Zt`` (and
+# ``Zt V`` is the fast form of the other pass), so both passes read the layout they run fastest
+# on, at twice the feature memory (``benchmarks/RESULTS.md``, fit rows).
 # Small per-sample quantities are kept as matrices with columns ``n*R + r``:
 # ``Xm = [C, N*R]`` (``X_n = Z_n P``), ``Y = [R_C, N*R]`` (``Y_n = A^T X_n``).
 
@@ -81,10 +86,19 @@ def to_columns(Zf):
     return jnp.transpose(Zf, (1, 0, 2)).reshape(S, N * C)
 
 
-def _parts_pass(Zt, P, C):
-    """``Xm = [C, N*R]`` with blocks ``X_n = Z_n P``: one read of the features."""
+def to_rows(Zf):
+    """``[N, S, C]`` -> ``Zc = [N*C, S]`` (row ``n*C + c``): the parts pass's fast layout on the CPU."""
+    N, S, C = Zf.shape
+    return jnp.transpose(Zf, (0, 2, 1)).reshape(N * C, S)
+
+
+def _parts_pass(Zt, P, C, Zc=None):
+    """``Xm = [C, N*R]`` with blocks ``X_n = Z_n P``: one read of the features (of ``Zc`` when
+    given, the same numbers in :func:`to_rows`'s layout)."""
     S, NC = Zt.shape
     N, R = NC // C, P.shape[1]
+    if Zc is not None:
+        return jnp.transpose((Zc @ P).reshape(N, C, R), (1, 0, 2)).reshape(C, N * R)
     Xr = (P.T @ Zt).reshape(R, N, C)
     return jnp.transpose(Xr, (2, 1, 0)).reshape(C, N * R)
 
@@ -124,25 +138,32 @@ def _f_from_Y(Y, A, G, PtP):
     return -2.0 * jnp.sum(Y * Y) + jnp.sum(YtW * PtP), W, YtW, AY
 
 
+def _u(Y, W, PtP):
+    """``U = -4 Y + 2 W P^T P`` (per sample): ``A U`` is the parts gradient's right factor and
+    ``X U^T`` two of the appearance gradient's three terms."""
+    return -4.0 * Y + 2.0 * _per_sample(W, PtP, PtP.shape[0])
+
+
 def _grad_parts(Zt, A, P, Y, G, PtP):
     """:math:`\nabla_P` and the loss terms given ``Y``: one read of the features (``Zt V``)."""
     S, NC = Zt.shape
     C, R = A.shape[0], P.shape[1]
     N = NC // C
     f, W, YtW, _ = _f_from_Y(Y, A, G, PtP)
-    V = A @ (-4.0 * Y + 2.0 * _per_sample(W, PtP, R))  # [C, N*R]
+    V = A @ _u(Y, W, PtP)  # [C, N*R]
     Vf = jnp.transpose(V.reshape(C, N, R), (1, 0, 2)).reshape(N * C, R)
     return Zt @ Vf + 2.0 * P @ YtW, f
 
 
 def _grad_appearance(Xm, A, Y, G, PtP):
     """:math:`\nabla_A` given ``Xm`` (``X_n = Z_n P``) and ``Y = A^T Xm``; no feature reads.
-    ``-4 X Y^T + 2 (A Y) (Y P^T P)^T + 2 (X P^T P) W^T`` summed over samples."""
-    R = PtP.shape[0]
+    ``-4 X Y^T + 2 (A Y) (Y P^T P)^T + 2 (X P^T P) W^T`` summed over samples, computed as
+    ``X U^T + 2 (A Y) (Y P^T P)^T`` (:func:`_u`; ``P^T P`` is symmetric), with the second
+    term as ``A (Y (Y P^T P)^T)`` where the Gram was formed (``R_C <= N R_S``: cheaper)."""
     W, AY = _gram_times(A, G, Y)
-    AY = A @ Y if AY is None else AY
-    Xp, Yp = _per_sample(Xm, PtP, R), _per_sample(Y, PtP, R)
-    return -4.0 * Xm @ Y.T + 2.0 * AY @ Yp.T + 2.0 * Xp @ W.T
+    Yp = _per_sample(Y, PtP, PtP.shape[0])
+    second = A @ (Y @ Yp.T) if AY is None else AY @ Yp.T
+    return Xm @ _u(Y, W, PtP).T + 2.0 * second
 
 
 def loss(features, A, P):
@@ -426,19 +447,19 @@ class _PartsTrial(NamedTuple):
     f: jax.Array
 
 
-def _step_fixed(Zt, s: PGDState) -> tuple[PGDState, jax.Array]:
+def _step_fixed(Zt, s: PGDState, Zc=None) -> tuple[PGDState, jax.Array]:
     """The original's step with a fixed learning rate; returns the new state and the loss
     (minus ``||Z||^2``) at the start of the step."""
     A, P, C = s.A, s.P, s.A.shape[0]
     G, PtP = _gram(A, s.Xm.shape[1]), P.T @ P
     gP, f = _grad_parts(Zt, A, P, A.T @ s.Xm, G, PtP)
     P = jnp.maximum(P - s.eta_parts * gP, 0.0)
-    Xm = _parts_pass(Zt, P, C)
+    Xm = _parts_pass(Zt, P, C, Zc)
     gA = _grad_appearance(Xm, A, A.T @ Xm, G, P.T @ P)
     return s._replace(A=A - s.eta_appearance * gA, P=P, Xm=Xm), f
 
 
-def _step_auto(Zt, s: PGDState, scale, cap_parts, cap_appearance) -> tuple[PGDState, jax.Array]:
+def _step_auto(Zt, s: PGDState, scale, cap_parts, cap_appearance, Zc=None) -> tuple[PGDState, jax.Array]:
     """A step with each block's step size found by backtracking from the last accepted one
     (grown by a factor, up to a cap of ``AUTO_STEP / L`` from :func:`block_curvatures`)."""
     A, P, C = s.A, s.P, s.A.shape[0]
@@ -448,7 +469,7 @@ def _step_auto(Zt, s: PGDState, scale, cap_parts, cap_appearance) -> tuple[PGDSt
 
     def parts_trial(eta):
         Pn = jnp.maximum(P - eta * gP, 0.0)
-        Xn = _parts_pass(Zt, Pn, C)
+        Xn = _parts_pass(Zt, Pn, C, Zc)
         Yn = A.T @ Xn
         fn = _f_from_Y(Yn, A, G, Pn.T @ Pn)[0]
         return _PartsTrial(Pn, Xn, Yn, fn), armijo_ok(fn, f, gP, Pn - P, eta, scale)
@@ -515,14 +536,15 @@ def _auto_caps(Zt, A):
 
 
 @partial(jax.jit, static_argnames=("auto", "chunk"), donate_argnums=(1,))
-def _run_chunk(Zt, state: PGDState, n, caps, *, auto: bool, chunk: int):
-    """``n <= chunk`` steps on ``Zt = [S, N*C]`` (:func:`to_columns`); returns the new state
-    and the summed loss at the start of each step (padded with NaN to ``chunk``)."""
+def _run_chunk(Zt, state: PGDState, n, caps, Zc=None, *, auto: bool, chunk: int):
+    """``n <= chunk`` steps on ``Zt = [S, N*C]`` (:func:`to_columns`; and ``Zc``, the same
+    features as :func:`to_rows`, or None); returns the new state and the summed loss at the
+    start of each step (padded with NaN to ``chunk``)."""
     sqz = jnp.sum(Zt * Zt)
 
     def body(t, carry):
         s, losses = carry
-        s, f = _step_auto(Zt, s, sqz, caps[0], caps[1]) if auto else _step_fixed(Zt, s)
+        s, f = _step_auto(Zt, s, sqz, caps[0], caps[1], Zc) if auto else _step_fixed(Zt, s, Zc)
         return s, losses.at[t].set(f + sqz)
 
     return jax.lax.fori_loop(0, n, body, (state, jnp.full((chunk,), jnp.nan, Zt.dtype)))
@@ -546,7 +568,7 @@ def _run_chunk_adam(Zt, state: AdamState, n, *, chunk: int, optimizer):
     sqz = jnp.sum(Zt * Zt)
 
     def mean_loss(A, P):
-        Xm = _parts_pass(Zt, P, C)
+        Xm = _parts_pass(Zt, P, C)  # not Zc: the gradient of Zc P would read Zc in its slow form
         return (sqz + _f_from_Y(A.T @ Xm, A, _gram(A, Xm.shape[1]), P.T @ P)[0]) / N
 
     def body(t, carry):
@@ -617,6 +639,28 @@ def _columns_put(Zf):
 
     Zt = jax.make_array_from_callback((S, Zf.shape[0] * C), _columns_sharding(mesh), block)
     return Zt, mesh
+
+
+ROWS_MEMORY_FRACTION = 0.125  # the second layout's cap, as a fraction of the machine's memory
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _rows_for(Zf, mesh):
+    """The features also as ``Zc`` (:func:`to_rows`) for the parts pass, or None: only on one
+    CPU device (XLA's GPU and TPU backends run ``P^T Zt`` at full speed, and a sharded fit keeps
+    one layout) and only while the copy takes at most :data:`ROWS_MEMORY_FRACTION` of memory."""
+    if mesh is not None or jax.default_backend() != "cpu":
+        return None
+    total = _physical_memory()
+    if total is None or Zf.size * Zf.dtype.itemsize > ROWS_MEMORY_FRACTION * total:
+        return None
+    return jax.jit(to_rows)(Zf)
 
 
 @partial(jax.jit, static_argnums=2)
@@ -715,11 +759,12 @@ def fit(
             A, P = _put_replicated((A, P), mesh)
     else:
         Zt = jax.jit(to_columns)(Zf)
-    del Zf  # from here on the features are read only as Zt
+    Zc = _rows_for(Zf, mesh) if method == "pgd" else None
+    del Zf  # from here on the features are read only as Zt (and Zc)
 
     if method == "pgd":
         auto = lr_v is None
-        X = jax.jit(_parts_pass, static_argnums=2)(Zt, P, C)
+        X = jax.jit(_parts_pass, static_argnums=2)(Zt, P, C, Zc)
         if auto:
             caps = tuple(jnp.asarray(c, Zt.dtype) for c in _auto_caps(Zt, A))
         else:
@@ -729,7 +774,7 @@ def fit(
         state = PGDState(A, P, X, caps[0] + 0, caps[1] + 0)  # copies: the state is donated
 
         def run(state, done, n, constants):
-            return _run_chunk(Zt, state, n, constants["caps"], auto=auto, chunk=chunk)
+            return _run_chunk(Zt, state, n, constants["caps"], Zc, auto=auto, chunk=chunk)
 
         def lr_info(state):
             if auto:

@@ -13,6 +13,7 @@ import torch
 
 import panda_jax as pj
 from benchmarks import torch_reference as ref
+from panda_jax import factorize
 from panda_jax.factorize import block_curvatures, flatten, grads, naive_loss, to_columns
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,8 +48,10 @@ def rel(a, b):
     return float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max())
 
 
-def test_gradients_match_jax_grad():
-    x, f = random_problem()
+@pytest.mark.parametrize("ranks", [(6, 3), (10, 2)], ids=["gram-formed", "gram-not-formed"])
+def test_gradients_match_jax_grad(ranks):
+    # (6, 3): R_C <= N R_S, A^T A is formed; (10, 2): R_C > N R_S, A is applied twice instead
+    x, f = random_problem(ranks=ranks)
     gP, gA = grads(jnp.asarray(x), f.appearance, f.parts)
     gP_ref, gA_ref = jax.grad(naive_loss, argnums=(2, 1))(jnp.asarray(x), f.appearance, f.parts)
     print("grad rel err parts", rel(gP, gP_ref), "appearance", rel(gA, gA_ref))
@@ -74,6 +77,24 @@ def test_fit_matches_torch_reference_50_steps():
     assert eA <= 1e-4 and eP <= 1e-4
     # the factors really moved (the comparison is not between two copies of the init)
     assert rel(res.factors.parts, f.parts) > 1e-2
+
+
+@pytest.mark.parametrize("lr", [1e-3, "auto"])
+def test_fit_with_the_second_layout_equals_one_layout(monkeypatch, lr):
+    """On the CPU the fit also keeps the features as rows for the parts pass (``Zc P``); it must
+    give the factors the one-layout fit (``P^T Zt``) gives."""
+    x, f = random_problem(N=6, H=8, W=7, C=16, ranks=(5, 4), seed=3)
+    Zf = flatten(jnp.asarray(x))
+    assert factorize._rows_for(Zf, None) is not None  # the default on one CPU device
+    two = pj.fit(x, (5, 4), steps=40, lr=lr, init=f)
+    monkeypatch.setattr(factorize, "ROWS_MEMORY_FRACTION", 0.0)
+    assert factorize._rows_for(Zf, None) is None
+    one = pj.fit(x, (5, 4), steps=40, lr=lr, init=f)
+    print("rel diff parts", rel(two.factors.parts, one.factors.parts), "appearance",
+          rel(two.factors.appearance, one.factors.appearance))
+    assert rel(two.factors.parts, one.factors.parts) < 1e-4
+    assert rel(two.factors.appearance, one.factors.appearance) < 1e-4
+    np.testing.assert_allclose(two.losses, one.losses, rtol=1e-5)
 
 
 def test_fit_adam_matches_torch_autograd_variant():
