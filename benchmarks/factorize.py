@@ -113,6 +113,13 @@ def _rates(flops, nbytes, seconds, rates):
             out["frac_matmul"] = out["gflops"] / rates["matmul_gflops"]
         if nbytes is not None and rates.get("memory_GBps"):
             out["frac_bandwidth"] = out["feature_GBps"] / rates["memory_GBps"]
+        if nbytes is not None and rates.get("matmul_gflops") and rates.get("memory_GBps"):
+            # The roofline: no engine beats reading the features at the measured bandwidth, nor
+            # doing the products at the measured matmul rate; the larger of the two bounds a step.
+            read_s, flop_s = nbytes / (rates["memory_GBps"] * 1e9), flops / (rates["matmul_gflops"] * 1e9)
+            out["bound_s"] = max(read_s, flop_s)
+            out["bound_by"] = "memory" if read_s >= flop_s else "matmul"
+            out["frac_roofline"] = out["bound_s"] / seconds
     return out
 
 

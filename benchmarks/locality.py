@@ -39,9 +39,9 @@ PAPER = {"PandA": "1.12-1.25", "GANSpace": "3.12-4.95", "SeFa": "3.50-6.82", "Re
 
 PLANS = {
     "quick": dict(select=8, evaluate=32, fit_samples=64, fit_steps=100, ganspace_samples=4096, k=6,
-                  resefa_samples=4, target=0.25, swd_per_image=32, show=3),
+                  resefa_samples=4, target=0.25, swd_per_image=32, show=3, select_iters=2, jacobian_repeat=1),
     "full": dict(select=64, evaluate=1000, fit_samples=256, fit_steps=300, ganspace_samples=100_000, k=10,
-                 resefa_samples=32, target=0.25, swd_per_image=128, show=4),
+                 resefa_samples=32, target=0.25, swd_per_image=128, show=4, select_iters=4, jacobian_repeat=3),
 }
 LAYER, RANKS = 2, (32, 8)
 
@@ -107,11 +107,12 @@ def latent_candidates(G, lat, edit, alpha0):
     return out
 
 
-def best(candidates, mask, base, target):
-    """The candidate with the lowest ROIR at the target strength, and its alpha and ROIR."""
+def best(candidates, mask, base, target, iters=4):
+    """The candidate with the lowest ROIR at the target strength (``iters`` secant steps on the
+    selection samples; the evaluation calibrates the pick again), and its alpha and ROIR."""
     scored = []
     for ed, a0 in candidates:
-        a = ed.calibrate(mask, base, target, a0)
+        a = ed.calibrate(mask, base, target, a0, iters)
         scored.append((float(pj.roir(mask, base, ed.images(a))), a, ed))
     scored.sort(key=lambda t: t[0])
     return scored[0]
@@ -183,12 +184,14 @@ def run(plan_name: str, out_dir: str, log=print) -> dict:
         log(f"region {region}: selection")
         picks = {}
         cands, info = panda_candidates(G, F, Zs, cs, region, alpha_panda)
-        picks["PandA"] = best(cands, mask, base_sel, plan["target"]) + (info,)
+        picks["PandA"] = best(cands, mask, base_sel, plan["target"], plan["select_iters"]) + (info,)
         for m, edit in (("GANSpace", gans), ("SeFa", sefa)):
-            picks[m] = best(latent_candidates(G, lat_sel, edit, 0.2 * z_scale), mask, base_sel, plan["target"]) + ({},)
+            picks[m] = best(latent_candidates(G, lat_sel, edit, 0.2 * z_scale), mask, base_sel, plan["target"],
+                            plan["select_iters"]) + ({},)
         rs = baselines.resefa(G, lat_sel[:plan["resefa_samples"]], mask, k=1)
         resefa_s.append(rs.seconds)
-        picks["ReSeFa"] = best(latent_candidates(G, lat_sel, rs, 0.2 * z_scale), mask, base_sel, plan["target"]) + ({},)
+        picks["ReSeFa"] = best(latent_candidates(G, lat_sel, rs, 0.2 * z_scale), mask, base_sel, plan["target"],
+                               plan["select_iters"]) + ({},)
         log(f"region {region}: evaluation on {plan['evaluate']} samples")
         for m, (roir_sel, a_sel, ed, info) in picks.items():
             if m == "PandA":
@@ -230,7 +233,7 @@ def run(plan_name: str, out_dir: str, log=print) -> dict:
         "load_average": list(os.getloadavg()),
     }
     try:
-        out["jacobian"] = jacobian_timing(G, reverse=plan_name == "full")
+        out["jacobian"] = jacobian_timing(G, repeat=plan["jacobian_repeat"], reverse=plan_name == "full")
     except ImportError as e:
         out["jacobian"] = {"error": f"torch is needed for the comparison: {e}"}
     from .common import machine

@@ -106,7 +106,10 @@ GFLOP/s count the products of panda-jax's association (`benchmarks/cost.py`,
 order's own count for the reference. A step reads the features twice (`Z^T V`, then `Z P`):
 with `R_S` parts that is `R_S / 2` flops per byte, so on large inputs the memory bandwidth, not
 the matmul rate, is the limit; feature GB/s are compared with the measured read bandwidth
-(small inputs that stay in the caches can exceed it). Reference times marked * were measured
+(small inputs that stay in the caches can exceed it). "Of roofline" is the larger of the two bounds
+(features read at the measured bandwidth, products done at the measured matmul rate) over the
+measured time: with `R_C = 512` and few samples the `[C, R_C]` products, not the reads, bound a
+step. Reference times marked * were measured
 on fewer samples and scaled linearly in N (each of its products is per sample).
 """
 
@@ -139,6 +142,7 @@ def _sweep(res, plots) -> str:
                 f"{g(pj_.get('gflops'))} ({pct(pj_.get('frac_matmul'))})",
                 f"{g(tf.get('gflops'))}",
                 f"{g(pj_.get('feature_GBps'))} ({pct(pj_.get('frac_bandwidth'))})",
+                f"{pct(pj_.get('frac_roofline'))} ({pj_.get('bound_by', '-')})",
                 b(r["feature_bytes"]),
                 b(comp.get("temp_bytes")),
                 b(r.get("reference_largest_intermediate_bytes")),
@@ -146,7 +150,7 @@ def _sweep(res, plots) -> str:
         out.append(_table(
             ["H×W" if var == "size" else "N", "reference", "torch (same algebra)", "panda-jax", "vs reference",
              "vs torch", "panda-jax GFLOP/s (of matmul)", "torch GFLOP/s", "panda-jax feature GB/s (of bandwidth)",
-             "features", "panda-jax temporaries†", "reference largest temporary‡"], table))
+             "panda-jax of roofline (bound)", "features", "panda-jax temporaries†", "reference largest temporary‡"], table))
         out.append("")
     out.append("† XLA's `memory_analysis` of the compiled fit loop (buffers it allocates besides its inputs "
                "and outputs). ‡ `N x max(S, C)^2` float32: one per-sample `S x S` (or `C x C`) product "
