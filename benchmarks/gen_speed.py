@@ -1,10 +1,11 @@
 """Images per second of ``generate`` and of ``render`` from a middle layer, per generator family.
 
-    python -m benchmarks.gen_speed [--batch 8] [--out FILE.json]
+    python -m benchmarks.gen_speed [--batch 8] [--out FILE.json] [--write-results]
 
 Runs on the checkpoints under the test vectors (small random-initialised models in the real
 on-disk formats; no real weights can be fetched here) and on the embedded faces DCGAN.
-Timed after warm-up (compilation excluded) with ``block_until_ready``.
+Timed after warm-up (compilation excluded) with ``block_until_ready``. ``--write-results``
+replaces this script's section of ``benchmarks/RESULTS.md`` and leaves the others.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import convert
 import ported_gens
 
 from .common import machine, time_jax
+
+SECTION = "## Generators: images per second (`python -m benchmarks.gen_speed`)"
 from .generators import TESTVECTORS, checkpoint
 
 MODELS = {
@@ -55,10 +58,36 @@ def measure(src: str, layer: int, batch: int) -> dict:
     }
 
 
+def _g(v: float) -> str:
+    return f"{v:.3g}"
+
+
+def section(res: dict) -> str:
+    """The RESULTS.md section for :func:`main`'s results."""
+    m = res["machine"]
+    cpu = m.get("cpu") or m.get("processor") or "?"
+    batch = next(iter(res["results"].values()))["batch"] if res["results"] else "?"
+    lines = [SECTION, "",
+             f"Machine: {cpu}, {m.get('cpu_count')} cores, JAX {m.get('jax')} on {m.get('jax_backend')}. Batch {batch}, "
+             "float32, after warm-up (compilation excluded). The StyleGAN/PGGAN/BigGAN rows are the small "
+             "random-initialised test-vector models in the real formats (no real weights can be fetched here); the "
+             "DCGAN is the embedded pretrained faces model. (This section is written by `benchmarks.gen_speed "
+             "--write-results`; `benchmarks.run --write-results` rewrites the sections above.)", "",
+             "| model | image | render from layer (Z shape) | generate img/s | render img/s |",
+             "|---|---|---|---|---|"]
+    for name, r in res["results"].items():
+        shape = "x".join(map(str, r["image_shape"]))
+        z = "x".join(map(str, r["feature_shape"]))
+        lines.append(f"| {name} ({r['family']}) | {shape} | {r['layer']} ({z}) | {_g(r['generate_images_per_s'])} | "
+                     f"{_g(r['render_images_per_s'])} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--out", default=None, help="also write the results to this JSON file")
+    ap.add_argument("--write-results", action="store_true", help="replace this section of benchmarks/RESULTS.md")
     a = ap.parse_args(argv)
     res = {"machine": machine(), "results": {}}
     for name, (src, layer) in MODELS.items():
@@ -69,6 +98,10 @@ def main(argv=None):
     if a.out:
         with open(a.out, "w") as f:
             json.dump(res, f, indent=2)
+    if a.write_results:
+        from .common import replace_section
+
+        replace_section(SECTION, section(res))
     return res
 
 

@@ -125,3 +125,21 @@ def test_results_md_keeps_the_sections_other_scripts_write(tmp_path):
     replace_section("## Locality (`python -m benchmarks.locality`)", "## Locality (`python -m benchmarks.locality`)\n\nt\n",
                     str(path))
     assert path.read_text().endswith("## Locality (`python -m benchmarks.locality`)\n\nt\n")
+
+
+def test_gen_speed_section_names_its_machine_and_rows(tmp_path):
+    from benchmarks import gen_speed
+    from benchmarks.common import replace_section
+
+    res = {"machine": {"cpu": "Test CPU", "cpu_count": 2, "jax": "0.0", "jax_backend": "cpu"},
+           "results": {"dcgan_faces64": {"family": "dcgan", "image_shape": [64, 64, 3], "layer": 2,
+                                         "feature_shape": [8, 8, 256], "batch": 8,
+                                         "generate_images_per_s": 235.04, "render_images_per_s": 427.6}}}
+    text = gen_speed.section(res)
+    assert text.startswith(gen_speed.SECTION) and "Machine: Test CPU, 2 cores" in text
+    assert "| dcgan_faces64 (dcgan) | 64x64x3 | 2 (8x8x256) | 235 | 428 |" in text
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# r\n\n## 1. Fit\n\nrows\n\n" + gen_speed.SECTION + "\n\nold\n\n## Editor latency (x)\n\ne\n")
+    replace_section(gen_speed.SECTION, text, str(md))
+    doc = md.read_text()
+    assert "old" not in doc and "| 235 | 428 |" in doc and "## 1. Fit\n\nrows" in doc and "## Editor latency (x)" in doc
