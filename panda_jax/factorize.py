@@ -322,7 +322,11 @@ def _top_eigvecs(scatter, rank_c):
     decomposed on the host in float64 (NumPy's LAPACK): for ``C`` up to a few thousand this
     takes milliseconds, where JAX's first ``eigh`` in a process took 0.4 s (the lowering and
     the import of its LAPACK kernels). A scatter summed over devices is replicated; every
-    process decomposes the same matrix."""
+    process decomposes the same matrix. Under a trace (``hosvd_init`` inside a user's ``jit``)
+    JAX's ``eigh`` decomposes it instead."""
+    if isinstance(scatter, jax.core.Tracer):
+        w, v = jnp.linalg.eigh(scatter)
+        return v[:, jnp.argsort(-w)[:rank_c]]
     s = np.asarray(jax.device_get(scatter), np.float64)
     w, v = np.linalg.eigh(s)
     order = np.argsort(-w, kind="stable")

@@ -138,6 +138,14 @@ def test_hosvd_matches_reference_subspace():
     assert np.allclose(np.abs(np.sum(A * U, axis=0)), 1.0, atol=1e-4)
 
 
+def test_hosvd_inside_jit_equals_the_host_decomposition():
+    # eager: NumPy's float64 eigh on the host; under jit: JAX's eigh on the traced scatter
+    x, _ = random_problem(N=8, C=10)
+    A = np.asarray(pj.hosvd_init(x, 4))
+    B = np.asarray(jax.jit(lambda v: pj.hosvd_init(v, 4))(jnp.asarray(x)))
+    assert np.allclose(np.abs(np.sum(A * B, axis=0)), 1.0, atol=1e-4)
+
+
 def test_hosvd_streaming_equals_in_memory():
     x, _ = random_problem(N=12, C=10)
     pool = jnp.asarray(x)
