@@ -21,6 +21,7 @@ import convert
 import ported_gens
 
 from .common import machine, time_jax
+from .report import g
 
 SECTION = "## Generators: images per second (`python -m benchmarks.gen_speed`)"
 from .generators import TESTVECTORS, checkpoint
@@ -58,10 +59,6 @@ def measure(src: str, layer: int, batch: int) -> dict:
     }
 
 
-def _g(v: float) -> str:
-    return f"{v:.3g}"
-
-
 def section(res: dict) -> str:
     """The RESULTS.md section for :func:`main`'s results."""
     m = res["machine"]
@@ -78,8 +75,8 @@ def section(res: dict) -> str:
     for name, r in res["results"].items():
         shape = "x".join(map(str, r["image_shape"]))
         z = "x".join(map(str, r["feature_shape"]))
-        lines.append(f"| {name} ({r['family']}) | {shape} | {r['layer']} ({z}) | {_g(r['generate_images_per_s'])} | "
-                     f"{_g(r['render_images_per_s'])} |")
+        lines.append(f"| {name} ({r['family']}) | {shape} | {r['layer']} ({z}) | {g(r['generate_images_per_s'])} | "
+                     f"{g(r['render_images_per_s'])} |")
     return "\n".join(lines) + "\n"
 
 
