@@ -65,8 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
 def compile_cache(enabled: bool) -> None:
     """JAX's persistent compilation cache in the user cache folder: a second run in a new
     process reuses the programs the first compiled."""
-    import os
-
     if not enabled or os.environ.get("PANDA_JAX_COMPILE_CACHE", "1").lower() in ("0", "off", "no", "false"):
         return
     import jax
