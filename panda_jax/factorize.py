@@ -668,7 +668,7 @@ def _rows_for(Zf, mesh):
     if mesh is not None or jax.default_backend() != "cpu":
         return None
     total = _physical_memory()
-    if total is None or Zf.size * Zf.dtype.itemsize > ROWS_MEMORY_FRACTION * total:
+    if total is None or Zf.nbytes > ROWS_MEMORY_FRACTION * total:
         return None
     return jax.jit(to_rows)(Zf)
 
@@ -761,7 +761,8 @@ def fit(
             "steps": steps, "lr": -1.0 if lr_v is None else lr_v, "method": method == "adam", "tol": tol,
             "chunk": chunk, "key": _key_digest(key)})
     Zf = flatten(x)
-    A, P = _init_factors(init, x.shape, (rc, rs), Zf.dtype, lambda: hosvd_init(x, rc), key)
+    # x is checked (finite, rank R_C valid): the init needs only the scatter, not hosvd_init's checks again
+    A, P = _init_factors(init, x.shape, (rc, rs), Zf.dtype, lambda: _top_eigvecs(_scatter(flatten(x)), rc), key)
     mesh = None
     if shard:
         Zt, mesh = _columns_put(Zf)
