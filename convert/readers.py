@@ -3,7 +3,8 @@
 - torch zip / legacy files (``.pth``, ``.pt``, ``.bin``, ``.tar``): checked first by
   :mod:`convert._safety` (zip CRCs, the pickle against an allow-list of globals, declared
   storage sizes against the bytes present, tensor views against their storages), then
-  ``torch.load(weights_only=True)``; tensors become numpy arrays. An ``init_kwargs.json`` beside
+  :mod:`convert.torchzip` (zip files, without torch) or ``torch.load(weights_only=True)``
+  (legacy files); tensors become numpy arrays. An ``init_kwargs.json`` beside
   a state dict is attached to it (:class:`StateDict`).
 - NVlabs network pickles (``.pkl``): an allow-listed unpickler that turns persistent network
   objects into plain records without running their embedded source (:func:`read_nvlabs_pickle`).
@@ -29,7 +30,7 @@ import numpy as np
 from panda_jax.errors import CheckpointError
 from panda_jax.errors import first_line as _first_line
 
-from . import _safety
+from . import _safety, torchzip
 
 
 def sha256(path: str) -> str:
@@ -135,8 +136,11 @@ def _namespace_as_dict(torch):
 
 
 def read_torch(path: str) -> Any:
-    """A ``torch.save`` file (zip or legacy format) read with ``weights_only=True``; tensors as
-    numpy arrays.
+    """A ``torch.save`` file (zip or legacy format); tensors as numpy arrays.
+
+    Zip files (``torch.save``'s default format) are read by :mod:`convert.torchzip` without
+    torch; legacy files, and the rare zip file holding what only torch rebuilds, are read by
+    ``torch.load(weights_only=True)``.
 
     Before ``torch.load`` sees the file, :mod:`convert._safety` checks it: the zip structure and
     every member's CRC-32 (a damaged file is refused, not converted), the pickle with an
@@ -156,20 +160,26 @@ def read_torch(path: str) -> Any:
             f"{path!r} is not a torch.save file (it starts with {head[:8]!r}); "
             + _what_is_it(head) + "give a .pth/.pt checkpoint written by torch.save"
         )
-    torch = _require_torch()
     import warnings
 
     try:
+        out = None
         if kind == "zip":
-            _safety.check_torch_zip(path)
+            prefix, _ = _safety.check_torch_zip(path)
+            try:
+                out = torchzip.read(path, prefix)  # the common case: no torch needed
+            except torchzip.NeedsTorch:
+                out = None
         else:
             with open(path, "rb") as f:
                 _safety.check_legacy_torch(f, size)
-        with warnings.catch_warnings():  # protocol and storage deprecation notices
-            warnings.simplefilter("ignore")
-            with _namespace_as_dict(torch):
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-        out = to_numpy(obj)
+        if out is None:
+            torch = _require_torch()
+            with warnings.catch_warnings():  # protocol and storage deprecation notices
+                warnings.simplefilter("ignore")
+                with _namespace_as_dict(torch):
+                    obj = torch.load(path, map_location="cpu", weights_only=True)
+            out = to_numpy(obj)
     except _safety.Refused as e:
         raise CheckpointError(_torch_refusal(path, e.name)) from None
     except _safety.Malformed as e:
