@@ -81,13 +81,16 @@ def naive_loss(features, A, P):
 
 
 def to_columns(Zf):
-    """``[N, S, C]`` -> ``Zt = [S, N*C]``."""
+    """``[N, S, C]`` (or ``[N, H, W, C]``) -> ``Zt = [S, N*C]``."""
+    Zf = flatten(Zf) if Zf.ndim == 4 else Zf
     N, S, C = Zf.shape
     return jnp.transpose(Zf, (1, 0, 2)).reshape(S, N * C)
 
 
 def to_rows(Zf):
-    """``[N, S, C]`` -> ``Zc = [N*C, S]`` (row ``n*C + c``): the parts pass's fast layout on the CPU."""
+    """``[N, S, C]`` (or ``[N, H, W, C]``) -> ``Zc = [N*C, S]`` (row ``n*C + c``): the parts pass's
+    fast layout on the CPU."""
+    Zf = flatten(Zf) if Zf.ndim == 4 else Zf
     N, S, C = Zf.shape
     return jnp.transpose(Zf, (0, 2, 1)).reshape(N * C, S)
 
@@ -304,6 +307,7 @@ def _first_batch(args, key, *, sample_fn, batch_size, mesh):
 # Initialisation
 
 
+@partial(jax.jit, static_argnums=(1, 2, 3))
 def init_parts(key, S: int, rank_s: int, dtype=jnp.float32):
     """Parts uniform in [0, 0.01), as the original."""
     return jax.random.uniform(key, (S, rank_s), dtype, 0.0, 0.01)
@@ -330,7 +334,7 @@ def _top_eigvecs(scatter, rank_c):
     s = np.asarray(jax.device_get(scatter), np.float64)
     w, v = np.linalg.eigh(s)
     order = np.argsort(-w, kind="stable")
-    return jnp.asarray(v[:, order[:rank_c]], dtype=scatter.dtype)
+    return jax.device_put(np.asarray(v[:, order[:rank_c]], dtype=scatter.dtype))  # no program: a transfer
 
 
 def _bind(sample_fn, args):
@@ -624,6 +628,10 @@ def _run_stream_chunk(state: StreamState, key, t0, n, caps, sample_args, *, samp
 # The public fits
 
 
+_to_columns = jax.jit(to_columns)
+_to_rows = jax.jit(to_rows)
+
+
 def _columns_put(Zf):
     """The features as ``Zt = [S, N*C]``, transposed once. With several devices, samples are
     sharded over a one-axis ``data`` mesh (column blocks of whole samples), padded with zero
@@ -635,7 +643,8 @@ def _columns_put(Zf):
     host and on several after ``jax.distributed.initialize()``."""
     mesh = _data_mesh()
     if mesh is None:
-        return jax.jit(to_columns)(Zf), None
+        return _to_columns(Zf), None
+    Zf = flatten(Zf) if Zf.ndim == 4 else Zf
     N, S, C = Zf.shape
     D = mesh.size
     pad = (-N) % D
@@ -670,7 +679,7 @@ def _rows_for(Zf, mesh):
     total = _physical_memory()
     if total is None or Zf.nbytes > ROWS_MEMORY_FRACTION * total:
         return None
-    return jax.jit(to_rows)(Zf)
+    return _to_rows(Zf)
 
 
 @partial(jax.jit, static_argnums=2)
@@ -693,7 +702,8 @@ def _init_factors(init, shape, ranks, dtype, hosvd, key):
         P = jnp.maximum(jnp.array(init.parts, dtype, copy=True), 0.0)
         return A, P
     if isinstance(init, str) and init == "hosvd":
-        return hosvd().astype(dtype), init_parts(key, H * W, ranks[1], dtype)
+        A = hosvd()
+        return (A if A.dtype == dtype else A.astype(dtype)), init_parts(key, H * W, ranks[1], jnp.dtype(dtype))
     raise ConfigError(f"init must be 'hosvd' or a Factors; got {init!r}")
 
 
@@ -755,34 +765,36 @@ def fit(
     if method not in ("pgd", "adam"):
         raise ConfigError(f"method must be 'pgd' or 'adam'; got {method!r}")
     chunk = checks.integer(chunk, "chunk")
-    if shard:
+    if shard and jax.process_count() > 1:  # the digest reads all features: only where it is compared
         _same_call_everywhere("pj.fit", {
             "features": [N, H, W, C, float(jnp.sum(x)), float(jnp.sum(x * x))], "ranks": [rc, rs],
             "steps": steps, "lr": -1.0 if lr_v is None else lr_v, "method": method == "adam", "tol": tol,
             "chunk": chunk, "key": _key_digest(key)})
-    Zf = flatten(x)
-    # x is checked (finite, rank R_C valid): the init needs only the scatter, not hosvd_init's checks again
-    A, P = _init_factors(init, x.shape, (rc, rs), Zf.dtype, lambda: _top_eigvecs(_scatter(flatten(x)), rc), key)
+    # x is checked (finite, rank R_C valid): the init needs only the scatter, not hosvd_init's checks again.
+    # The layouts take x as it is ([N, H, W, C]): flattening it first would be one more program to load.
+    A, P = _init_factors(init, x.shape, (rc, rs), x.dtype, lambda x=x: _top_eigvecs(_scatter(x), rc), key)
     mesh = None
     if shard:
-        Zt, mesh = _columns_put(Zf)
+        Zt, mesh = _columns_put(x)
         if mesh is not None:
             A, P = _put_replicated((A, P), mesh)
     else:
-        Zt = jax.jit(to_columns)(Zf)
-    Zc = _rows_for(Zf, mesh) if method == "pgd" else None
-    del Zf  # from here on the features are read only as Zt (and Zc)
+        Zt = _to_columns(x)
+    Zc = _rows_for(x, mesh) if method == "pgd" else None
+    del x  # from here on the features are read only as Zt (and Zc)
 
     if method == "pgd":
         auto = lr_v is None
         X = jax.jit(_parts_pass, static_argnums=2)(Zt, P, C, Zc)
         if auto:
             caps = tuple(jnp.asarray(c, Zt.dtype) for c in _auto_caps(Zt, A))
+            state = PGDState(A, P, X, caps[0] + 0, caps[1] + 0)  # copies: the state is donated
         else:
-            caps = (jnp.asarray(lr_v, Zt.dtype),) * 2
-            if mesh is not None:
-                caps = _put_replicated(caps, mesh)
-        state = PGDState(A, P, X, caps[0] + 0, caps[1] + 0)  # copies: the state is donated
+            # host scalars, transferred (no program to load); the state gets buffers of its own (donated)
+            put = jax.device_put if mesh is None else (lambda v: _put_replicated(v, mesh))
+            lr_np = np.asarray(lr_v, Zt.dtype)
+            caps = (put(lr_np), put(lr_np))
+            state = PGDState(A, P, X, put(lr_np), put(lr_np))
 
         def run(state, done, n, constants):
             return _run_chunk(Zt, state, n, constants["caps"], Zc, auto=auto, chunk=chunk)
@@ -817,7 +829,7 @@ def fit(
         checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, fingerprint=fingerprint,
     )
     A, P = to_host(out.state.A), to_host(out.state.P)  # replicated: every process gets them
-    return FitResult(Factors(jnp.asarray(A), jnp.asarray(P), H, W), out.losses, out.n_steps, out.converged,
+    return FitResult(Factors(jax.device_put(A), jax.device_put(P), H, W), out.losses, out.n_steps, out.converged,
                      out.seconds, lr_info(out.state))
 
 
@@ -928,5 +940,5 @@ def fit_stream(
     A, P = to_host(s.A), to_host(s.P)  # replicated: every process gets them
     lr_info = ({"parts": float(to_host(s.eta_parts)), "appearance": float(to_host(s.eta_appearance))} if auto
                else {"parts": lr_v, "appearance": lr_v})
-    return FitResult(Factors(jnp.asarray(A), jnp.asarray(P), H, W), out.losses, out.n_steps, out.converged,
+    return FitResult(Factors(jax.device_put(A), jax.device_put(P), H, W), out.losses, out.n_steps, out.converged,
                      out.seconds, lr_info)
