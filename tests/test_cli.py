@@ -46,6 +46,24 @@ def test_fit_writes_factors_with_meta(factors, work, model):
     assert (work / "loss.png").is_file()
 
 
+def test_fit_timings(factors, work, model, capsys):
+    """``--timings`` prints one line, also with -q, that parses back to its numbers; the fit's
+    own factors file is unchanged by it (the same seed gives the same factors)."""
+    from panda_jax.app.commands.fit import format_timings, parse_timings
+
+    import panda_jax as pj
+
+    out = work / "timed.npz"
+    assert main(["fit", str(model), "--layer", "2", "--ranks", "8", "4", "--samples", "16", "--steps", "10",
+                 "--seed", "0", "--out", str(out), "-q", "--timings"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and printed[0].startswith("timings: model ")
+    t = parse_timings(printed[0])
+    assert t["steps"] == 10 and 0 < t["steps_s"] <= t["fit_s"] and t["model_s"] > 0 and t["write_s"] > 0
+    assert format_timings(t) == printed[0] and parse_timings("no such line") is None
+    np.testing.assert_array_equal(pj.load_factors(str(out)).parts, pj.load_factors(str(factors)).parts)
+
+
 def test_edit(factors, work):
     out = work / "edit"
     res = ok(run("edit", factors, "--part", 0, "--appearance", 1, "--alpha", -5, 5, "--seeds", 3, 7,

@@ -274,11 +274,17 @@ def tile_ctx(ctx, k: int):
     return jax.tree_util.tree_map(lambda a: jnp.concatenate([a] * k, axis=0), ctx)
 
 
-def feature_scale(Z) -> float:
-    """Mean Euclidean norm of the feature vector at a position (the scale of edits)."""
+def _feature_scale(Z):
     import jax.numpy as jnp
 
-    return float(jnp.mean(jnp.linalg.norm(Z, axis=-1)))
+    return jnp.mean(jnp.linalg.norm(Z, axis=-1))
+
+
+def feature_scale(Z) -> float:
+    """Mean Euclidean norm of the feature vector at a position (the scale of edits)."""
+    import jax
+
+    return float(jax.jit(_feature_scale)(Z))  # one program (the eager form loads two)
 
 
 def auto_alpha(F, Z) -> float:
@@ -308,22 +314,34 @@ def sample_grid(G, seed: int = 0):
 
 
 def fit_on_generator(G, layer, ranks, samples, steps, seed, lr, batch, method="pgd", truncation=1.0,
-                     stochastic=False, progress=False, **fit_kwargs):
-    """Sample features and fit: ``(FitResult, features, latents)`` (``None, None`` when stochastic)."""
+                     stochastic=False, progress=False, timings=None, **fit_kwargs):
+    """Sample features and fit: ``(FitResult, features, latents)`` (``None, None`` when stochastic).
+    ``timings``, a dict, receives ``features_s`` (sampling, waited for) and ``fit_s`` (the fit call)."""
+    import time
+
     import jax
 
     import panda_jax as pj
 
+    t = time.perf_counter()
     key = jax.random.key(seed)
     k_lat, k_fit = jax.random.split(key)
     if stochastic:
         sample_fn, args = G.sample_fn(layer, truncation)
         res = pj.fit_stream(sample_fn, ranks, steps=steps, batch_size=batch, lr=lr, key=k_fit,
                             sample_args=args, progress=progress, **fit_kwargs)
+        if timings is not None:
+            timings.update(features_s=0.0, fit_s=time.perf_counter() - t)
         return res, None, None
     lat = G.sample_latents(k_lat, samples)
     Z, _ = features(G, lat, layer, truncation, batch, progress)
+    if timings is not None:
+        Z = jax.block_until_ready(Z)  # the fit would wait for it anyway: only the attribution changes
+        timings["features_s"] = time.perf_counter() - t
+        t = time.perf_counter()
     res = pj.fit(Z, ranks=ranks, steps=steps, lr=lr, method=method, key=k_fit, progress=progress, **fit_kwargs)
+    if timings is not None:
+        timings["fit_s"] = time.perf_counter() - t
     return res, Z, lat
 
 
