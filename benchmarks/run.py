@@ -434,7 +434,6 @@ def measure(mode: str, only=None) -> tuple[dict, list]:
         thread.start()
 
     import jax
-    import torch
 
     from .common import machine, matmul_gflops, memory_gbps
     from .factorize import torch_setup

@@ -77,8 +77,11 @@ def test_quick_run_writes_json_with_every_section(quick_run):
     e2e = res["end_to_end"]
     assert e2e["original"]["final_parts_finite"]
     assert e2e["original"]["features_shape"] == [16, 16, 16, 128]  # the faces DCGAN's layer 3
-    # The second run reuses the converted model and the compiled programs of the first.
+    # The second run reuses the compiled programs of the first.
     assert 0 < e2e["panda_jax_cached_run"]["process_wall_s"] < e2e["panda_jax_first_run"]["process_wall_s"]
+    for run in (e2e["panda_jax_first_run"], e2e["panda_jax_cached_run"]):  # the --timings phases, parsed
+        ph = run["phases"]
+        assert ph["steps"] == 10 and 0 < ph["steps_s"] <= ph["fit_s"] and ph["model_s"] > 0 and ph["startup_and_exit_s"] > 0
 
 
 def test_quick_run_writes_plots_and_report(quick_run):
