@@ -133,7 +133,6 @@ def synthesis_plan(cfg: dict | StyleGAN3Config) -> dict:
     cutoffs = c["first_cutoff"] * (last_cutoff / c["first_cutoff"]) ** exponents
     stopbands = c["first_stopband"] * (last_stopband / c["first_stopband"]) ** exponents
     rates = np.exp2(np.ceil(np.log2(np.minimum(stopbands * 2, res))))
-    half_widths = np.maximum(stopbands, rates / 2) - cutoffs
     sizes = rates + c["margin_size"] * 2
     sizes[-2:] = res
     channels = np.rint(np.minimum((c["channel_base"] / 2) / cutoffs, c["channel_max"]))

@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import zipfile
 
 import numpy as np
 
