@@ -371,6 +371,7 @@ def check_legacy_torch(f, end: int) -> dict[str, StorageRef]:
         need(len(head) == 8, lambda: f"storage {key!r}: the file ends before its data")
         count = int.from_bytes(head, "little")
         need(count == ref.numel, lambda: f"storage {key!r}: {count} elements stored, {ref.numel} declared")
+        ref.data_offset = pos + 8  # where its bytes start in the stream (for readers)
         pos += 8 + ref.numel * ref.stype.itemsize
         need(pos <= end, lambda: f"storage {key!r}: the file ends before its data ({ref.numel} elements declared)")
     f.seek(0)

@@ -3,8 +3,8 @@
 - torch zip / legacy files (``.pth``, ``.pt``, ``.bin``, ``.tar``): checked first by
   :mod:`convert._safety` (zip CRCs, the pickle against an allow-list of globals, declared
   storage sizes against the bytes present, tensor views against their storages), then
-  :mod:`convert.torchzip` (zip files, without torch) or ``torch.load(weights_only=True)``
-  (legacy files); tensors become numpy arrays. An ``init_kwargs.json`` beside
+  :mod:`convert.torchfree` (without torch; ``torch.load(weights_only=True)`` only for tensor
+  metadata it does not rebuild); tensors become numpy arrays. An ``init_kwargs.json`` beside
   a state dict is attached to it (:class:`StateDict`).
 - NVlabs network pickles (``.pkl``): an allow-listed unpickler that turns persistent network
   objects into plain records without running their embedded source (:func:`read_nvlabs_pickle`).
@@ -30,7 +30,7 @@ import numpy as np
 from panda_jax.errors import CheckpointError
 from panda_jax.errors import first_line as _first_line
 
-from . import _safety, torchzip
+from . import _safety, torchfree
 
 
 def sha256(path: str) -> str:
@@ -138,11 +138,10 @@ def _namespace_as_dict(torch):
 def read_torch(path: str) -> Any:
     """A ``torch.save`` file (zip or legacy format); tensors as numpy arrays.
 
-    Zip files (``torch.save``'s default format) are read by :mod:`convert.torchzip` without
-    torch; legacy files, and the rare zip file holding what only torch rebuilds, are read by
-    ``torch.load(weights_only=True)``.
+    Both formats are read by :mod:`convert.torchfree`, without torch; the rare file holding
+    what only torch rebuilds (tensor metadata) is read by ``torch.load(weights_only=True)``.
 
-    Before ``torch.load`` sees the file, :mod:`convert._safety` checks it: the zip structure and
+    Before it is read, :mod:`convert._safety` checks the file: the zip structure and
     every member's CRC-32 (a damaged file is refused, not converted), the pickle with an
     allow-list of globals, each declared storage against the bytes that hold it, each tensor
     view against its storage. After loading, nesting depth is capped and every floating tensor
@@ -164,15 +163,16 @@ def read_torch(path: str) -> Any:
 
     try:
         out = None
-        if kind == "zip":
-            prefix, _ = _safety.check_torch_zip(path)
-            try:
-                out = torchzip.read(path, prefix)  # the common case: no torch needed
-            except torchzip.NeedsTorch:
-                out = None
-        else:
-            with open(path, "rb") as f:
-                _safety.check_legacy_torch(f, size)
+        try:  # no torch needed for what torch.save writes
+            if kind == "zip":
+                prefix, _ = _safety.check_torch_zip(path)
+                out = torchfree.read_zip(path, prefix)
+            else:
+                with open(path, "rb") as f:
+                    out = torchfree.read_legacy(f, size)
+                _safety.need(not isinstance(out, torchfree.Storage), "a bare storage where a state dict was expected")
+        except torchfree.NeedsTorch:
+            out = None
         if out is None:
             torch = _require_torch()
             with warnings.catch_warnings():  # protocol and storage deprecation notices
@@ -236,7 +236,7 @@ def _what_is_it(head: bytes) -> str:
 #
 # The unpickler below resolves only the globals in ``_ALLOWED``, each to a function of ours that
 # checks its arguments: persistent objects become plain records (their source is hashed, never
-# run), storages are read by ``torch.load(weights_only=True)``, tensors become numpy arrays,
+# run), storages are read by :mod:`convert.torchfree` (no torch), tensors become numpy arrays,
 # numpy scalars/arrays/dtypes are rebuilt from their raw bytes. Any other global is refused
 # before anything is imported or called.
 
@@ -440,29 +440,23 @@ def _torch_size(dims=()):
 
 def _storage_from_bytes(data=None):
     """An embedded legacy ``torch.save(storage)``, checked by :func:`_safety.check_legacy_torch`
-    (declared sizes against the bytes present) and read with ``weights_only=True``."""
+    (declared sizes against the bytes present) and read without torch by
+    :func:`convert.torchfree.read_legacy`: a :class:`~convert.torchfree.Storage`."""
     _need(isinstance(data, (bytes, bytearray)), "embedded tensor storage")
-    torch = _require_torch()
     import io
-    import warnings
 
     _LOAD.get().charge(len(data), "embedded tensor storage")
     try:
         storages = _safety.check_legacy_torch(io.BytesIO(bytes(data)), len(data))
+        _need(len(storages) == 1, "embedded tensor storage (not exactly one storage)")
+        storage = torchfree.read_legacy(io.BytesIO(bytes(data)), len(data))
     except _Refused as e:
         raise _Malformed(f"embedded tensor storage (it needs the global {e.name!r})") from None
     except _Malformed as e:
         raise _Malformed(f"embedded tensor storage ({e})") from None
-    except Exception as e:
+    except Exception as e:  # torchfree.NeedsTorch cannot happen for a lone storage of an allowed type
         raise _Malformed(f"embedded tensor storage ({_first_line(e)})") from None
-    _need(len(storages) == 1, "embedded tensor storage (not exactly one storage)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            storage = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise _Malformed(f"embedded tensor storage ({_first_line(e)})") from None
-    _need(isinstance(storage, torch.storage.TypedStorage), "embedded tensor storage")
+    _need(isinstance(storage, torchfree.Storage), "embedded tensor storage")
     return storage
 
 
@@ -470,25 +464,14 @@ def _rebuild_tensor(storage=None, offset=None, size=None, stride=None, requires_
                     metadata=None):
     """A tensor view of ``storage`` as a numpy array: bounds checked, no more elements than the
     storage holds (:func:`_safety.check_view`), hooks empty; the copy is charged to the load's budget."""
-    torch = _require_torch()
-    _need(isinstance(storage, torch.storage.TypedStorage), "tensor storage")
+    _need(isinstance(storage, torchfree.Storage), "tensor storage")
     _need(not backward_hooks, "tensor with backward hooks")
-    import warnings
-
-    with warnings.catch_warnings():  # TypedStorage deprecation notices
-        warnings.simplefilter("ignore")
-        numel, dtype, untyped = storage.size(), storage.dtype, storage._untyped_storage
+    _need(not metadata, "tensor metadata")
     if isinstance(size, list):
         size = tuple(size)
-    count = _safety.check_view(numel, offset, size, stride, "tensor")
-    _LOAD.get().charge(count * untyped.nbytes() // max(numel, 1), "tensor")
-    t = torch.empty((0,), dtype=dtype).set_(untyped, offset, size, stride)
-    if t.dtype == torch.bfloat16:
-        t = t.float()
-    try:
-        return t.detach().numpy().copy()
-    except (TypeError, RuntimeError) as e:
-        raise _Malformed(f"tensor of dtype {t.dtype} ({_first_line(e)})") from None
+    count = _safety.check_view(storage.numel, offset, size, stride, "tensor")
+    _LOAD.get().charge(count * storage.array.dtype.itemsize, "tensor")
+    return torchfree.view(storage.array, offset, size, stride)
 
 
 def _rebuild_parameter(data=None, requires_grad=False, backward_hooks=None, state=None):

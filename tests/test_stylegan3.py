@@ -183,6 +183,22 @@ def test_convert_nvlabs_pickle(name, testvectors, tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(p))
 
 
+def test_nvlabs_pickle_converts_without_torch(testvectors, tmp_path):
+    """The storages an NVlabs pickle embeds (legacy torch.save bytes) are read by
+    convert.torchfree: converting the pickle imports no torch."""
+    import subprocess
+    import sys
+
+    path, _ = _pickle_of(os.path.join(testvectors, CONFIGS[0]), tmp_path)
+    code = ("import sys, convert\n"
+            f"G = convert.to_generator({path!r})\n"
+            "print('torch' in sys.modules, G.family)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "stylegan3"], out.stdout
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_bare_state_dict_config_inferred(name, testvectors, tmp_path):
     folder = os.path.join(testvectors, name)

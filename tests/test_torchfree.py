@@ -1,8 +1,11 @@
-"""Zip-format torch.save files are read without torch (convert.torchzip), to exactly what
-torch.load(weights_only=True) gives; what only torch rebuilds falls back to it."""
+"""torch.save files (zip and legacy formats) are read without torch (convert.torchfree), to
+exactly what torch.load(weights_only=True) gives; what only torch rebuilds falls back to it."""
 
 import glob
+import io
 import os
+import pickle
+import pickletools
 import subprocess
 import sys
 import zipfile
@@ -11,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from convert import _safety, readers, torchzip
+from convert import _safety, readers, torchfree
 from ported_gens.dcgan import default_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +44,7 @@ def _same(a, b, where=""):
 
 def _read(path):
     prefix, _ = _safety.check_torch_zip(path)
-    return torchzip.read(path, prefix)
+    return torchfree.read_zip(path, prefix)
 
 
 def test_every_zip_checkpoint_reads_as_torch_load_does(testvectors):
@@ -53,9 +56,9 @@ def test_every_zip_checkpoint_reads_as_torch_load_does(testvectors):
         _same(_read(f), _torch_path(f), os.path.basename(f))
 
 
-def test_dtypes_views_and_shared_storages(tmp_path):
+def _mixed():
     base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
-    obj = {
+    return base, {
         "f32": torch.randn(3, 5),
         "f64": torch.randn(2, 2, dtype=torch.float64),
         "f16": torch.randn(7).half(),
@@ -73,12 +76,52 @@ def test_dtypes_views_and_shared_storages(tmp_path):
         "param": torch.nn.Parameter(torch.ones(2)),
         "nested": [(1, "a", None), {"k": torch.ones(1)}],
     }
+
+
+@pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy"])
+def test_dtypes_views_and_shared_storages(tmp_path, zipped):
+    base, obj = _mixed()
     path = str(tmp_path / "m.pt")
-    torch.save(obj, path)
-    mine = _read(path)
+    torch.save(obj, path, _use_new_zipfile_serialization=zipped)
+    assert zipfile.is_zipfile(path) == zipped
+    if zipped:
+        mine = _read(path)
+    else:
+        with open(path, "rb") as f:
+            mine = torchfree.read_legacy(f, os.path.getsize(path))
     _same(mine, _torch_path(path))
+    _same(readers.read_torch(path), mine)
     assert mine["bf16"].dtype == np.float32 and mine["transposed"].flags.c_contiguous
     np.testing.assert_array_equal(mine["slice"], base.numpy()[1:3, 2:5])
+
+
+def test_big_endian_legacy_files(tmp_path):
+    """A legacy file from a big-endian machine: its header says little_endian False and each
+    storage's bytes are swapped (the element counts stay little-endian, as torch reads them)."""
+    want = {"w": torch.randn(3, 4), "v": torch.arange(6, dtype=torch.float32)}
+    path = str(tmp_path / "le.pt")
+    torch.save(want, path, _use_new_zipfile_serialization=False)
+    raw = open(path, "rb").read()
+    f = io.BytesIO(raw)
+    pickle.load(f), pickle.load(f)
+    at_info = f.tell()
+    info = pickle.load(f)
+    at_main = f.tell()
+    end_main = next(pos for op, _, pos in pickletools.genops(f) if op.name == "STOP") + 1
+    f.seek(end_main)
+    keys = pickle.load(f)
+    out = raw[:at_info] + pickle.dumps(dict(info, little_endian=False), protocol=2) + raw[at_main:f.tell()]
+    pos = f.tell()
+    for _ in keys:
+        count = int.from_bytes(raw[pos:pos + 8], "little")
+        out += raw[pos:pos + 8] + np.frombuffer(raw[pos + 8:pos + 8 + 4 * count], "<u4").byteswap().tobytes()
+        pos += 8 + 4 * count
+    assert pos == len(raw)
+    big = tmp_path / "be.pt"
+    big.write_bytes(out)
+    with open(big, "rb") as g:
+        got = torchfree.read_legacy(g, len(out))
+    _same(got, {k: v.numpy() for k, v in want.items()})
 
 
 def test_big_endian_files(tmp_path):
@@ -107,7 +150,7 @@ def test_tensor_metadata_falls_back_to_torch(tmp_path):
     read_torch gives what the torch path gives."""
     path = str(tmp_path / "c.pt")
     torch.save({"c": torch.randn(3, dtype=torch.complex64).conj(), "r": torch.ones(2)}, path)
-    with pytest.raises(torchzip.NeedsTorch, match="conj"):
+    with pytest.raises(torchfree.NeedsTorch, match="conj"):
         _read(path)
     try:
         want = _torch_path(path)
