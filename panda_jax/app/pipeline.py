@@ -147,7 +147,7 @@ def cache_dir() -> str:
 
 def default_model():
     """The embedded faces DCGAN, converted from its checkpoint on every call: the zip-format
-    file is read without torch (:mod:`convert.torchzip`), so this takes about 0.2 s, less than
+    file is read without torch (:mod:`convert.torchfree`), so this takes about 0.2 s, less than
     loading a saved conversion would."""
     import convert
 
