@@ -193,3 +193,16 @@ def test_help(capsys, command):
 def test_no_command(capsys):
     assert main([]) == 2
     assert "required: COMMAND" in _one_line_error(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("seed", [0, 1, -5, 2**31 - 1, -(2**31) + 1])
+def test_seed_keys_are_the_eager_keys(seed):
+    """fit derives its keys in one program; they are the keys the Python int seed gives."""
+    import jax
+
+    from panda_jax.app import pipeline
+
+    want = jax.random.split(jax.random.key(seed))
+    got = pipeline.seed_keys(seed)
+    for w, g in zip(want, got):
+        np.testing.assert_array_equal(jax.random.key_data(g), jax.random.key_data(w))

@@ -313,6 +313,20 @@ def sample_grid(G, seed: int = 0):
     return grid, 2 if imgs.shape[1] <= 128 else 1
 
 
+def _split_seed(seed):
+    import jax
+
+    return tuple(jax.random.split(jax.random.key(seed)))
+
+
+def seed_keys(seed: int):
+    """``split(key(seed))`` as ``(k_latents, k_fit)``, in one program (eagerly it loads four).
+    Seeds are int32 (``args.seed``): the traced seed gives the keys the Python int gives."""
+    import jax
+
+    return jax.jit(_split_seed)(np.int32(seed))
+
+
 def fit_on_generator(G, layer, ranks, samples, steps, seed, lr, batch, method="pgd", truncation=1.0,
                      stochastic=False, progress=False, timings=None, **fit_kwargs):
     """Sample features and fit: ``(FitResult, features, latents)`` (``None, None`` when stochastic).
@@ -324,8 +338,7 @@ def fit_on_generator(G, layer, ranks, samples, steps, seed, lr, batch, method="p
     import panda_jax as pj
 
     t = time.perf_counter()
-    key = jax.random.key(seed)
-    k_lat, k_fit = jax.random.split(key)
+    k_lat, k_fit = seed_keys(seed)
     if stochastic:
         sample_fn, args = G.sample_fn(layer, truncation)
         res = pj.fit_stream(sample_fn, ranks, steps=steps, batch_size=batch, lr=lr, key=k_fit,
