@@ -67,26 +67,42 @@ class Storage:
         return int(self.array.size)
 
 
-def storage_array(data, name: str, numel: int, big_endian: bool = False) -> np.ndarray:
-    """``numel`` elements of torch storage type ``name`` from the bytes ``data``, native order."""
+def read_into(stream, buf: memoryview) -> None:
+    """Fill ``buf`` from ``stream`` (a short read is a damaged file)."""
+    done = 0
+    while done < len(buf):
+        got = stream.readinto(buf[done:])
+        need(bool(got), lambda: f"storage data ends after {done} of {len(buf)} bytes")
+        done += got
+
+
+def storage_array(fill, name: str, numel: int, big_endian: bool = False) -> np.ndarray:
+    """``numel`` elements of torch storage type ``name``, in native order, as a writable array
+    that ``fill(buffer)`` reads the storage's bytes into (no intermediate copy)."""
     if name not in DTYPES:
         raise NeedsTorch(f"storage type torch.{name}")
     dtype = np.dtype(DTYPES[name])
     if big_endian:
         dtype = dtype.newbyteorder(">")
-    need(len(data) == numel * dtype.itemsize, lambda: f"storage of {numel} elements in {len(data)} bytes")
-    arr = np.frombuffer(data, dtype=dtype)
+    arr = np.empty(numel, dtype=dtype)
+    fill(memoryview(arr).cast("B"))
     if name == "BFloat16Storage":  # the upper half of a float32
         return (arr.astype(np.uint32) << 16).view(np.float32)
     return arr.astype(dtype.newbyteorder("=")) if big_endian else arr
 
 
 def view(base: np.ndarray, storage_offset, size, stride) -> np.ndarray:
-    """The tensor view ``(offset, size, stride)`` of the flat ``base`` as a new C-ordered array.
-    The view must already be checked against the storage (:func:`_safety.check_view`)."""
+    """The tensor view ``(offset, size, stride)`` of the flat ``base``: the storage itself,
+    reshaped, where the tensor is all of it in C order (no copy; tensors sharing that storage
+    share the array, as torch's would), else a new C-ordered array. The view must already be
+    checked against the storage (:func:`_safety.check_view`)."""
     size = tuple(size)
-    if int(np.prod(size, dtype=np.int64)) == 0:
+    numel = int(np.prod(size, dtype=np.int64))
+    if numel == 0:
         return np.zeros(size, dtype=base.dtype)
+    if storage_offset == 0 and numel == base.size and all(
+            st == int(np.prod(size[i + 1:], dtype=np.int64)) for i, st in enumerate(stride) if size[i] > 1):
+        return base.reshape(size)
     itemsize = base.dtype.itemsize
     v = np.ndarray(size, dtype=base.dtype, buffer=base, offset=storage_offset * itemsize,
                    strides=tuple(s * itemsize for s in stride))
@@ -126,18 +142,18 @@ assert set(_ALLOWED) == set(_safety.TorchScan.allowed)
 
 
 class _Reader(_safety.TorchScan):
-    """:class:`_safety.TorchScan` whose storages carry their elements (``load_bytes(ref)`` gives
-    a storage's bytes, read once per key) and whose tensors are numpy arrays."""
+    """:class:`_safety.TorchScan` whose storages carry their elements (``fill(ref, buffer)``
+    reads a storage's bytes, once per key) and whose tensors are numpy arrays."""
 
     allowed = _ALLOWED
 
-    def __init__(self, file, legacy: bool, load_bytes, big_endian: bool):
+    def __init__(self, file, legacy: bool, fill, big_endian: bool):
         super().__init__(file, legacy=legacy)
-        self.load_bytes, self.big_endian = load_bytes, big_endian
+        self.fill, self.big_endian = fill, big_endian
 
     def _with_array(self, ref: StorageRef) -> StorageRef:
         if not hasattr(ref, "array"):
-            ref.array = storage_array(self.load_bytes(ref), ref.stype.name, ref.numel, self.big_endian)
+            ref.array = storage_array(lambda buf: self.fill(ref, buf), ref.stype.name, ref.numel, self.big_endian)
         return ref
 
     def persistent_load(self, pid):
@@ -174,36 +190,35 @@ def read_zip(path: str, prefix: str) -> Any:
             big = text == "big"
         pkl = zf.read(f"{prefix}/data.pkl")
 
-        def load_bytes(ref):  # zipfile verifies the CRC-32 again
-            return zf.read(f"{prefix}/data/{ref.key}")
+        def fill(ref, buf):  # zipfile verifies the CRC-32 again on reaching the member's end
+            with zf.open(f"{prefix}/data/{ref.key}") as m:
+                read_into(m, buf)
 
-        obj = _Reader(io.BytesIO(pkl), False, load_bytes, big).load()
+        obj = _Reader(io.BytesIO(pkl), False, fill, big).load()
     return _safety.plain_tree(obj, _leaf)
 
 
 def read_legacy(f, end: int) -> Any:
-    """What a legacy ``torch.save`` stream ``f`` (at its start, ``end`` bytes long) holds, as
+    """What a legacy ``torch.save`` stream ``f`` (from offset 0, ``end`` bytes long) holds, as
     :func:`read_zip` gives it; a lone storage (``torch.save(storage)``, as NVlabs pickles embed
     them) comes back as a :class:`Storage`. The stream is checked first by
     :func:`_safety.check_legacy_torch` (which records where each storage's bytes lie)."""
-    start = f.tell()
-    storages = _safety.check_legacy_torch(f, end)
-    f.seek(start)
-    r = _safety.BoundedFile(f, start + end)
+    f.seek(0)
+    storages = _safety.check_legacy_torch(f, end)  # records absolute offsets; leaves f at 0
+    r = _safety.BoundedFile(f, end)
     for _ in range(2):  # magic number, protocol version: checked
         _safety._PlainScan(r).load()
     sys_info = _safety._PlainScan(r).load()
     little = sys_info.get("little_endian", True)
     need(isinstance(little, bool), "legacy torch system info (little_endian)")
 
-    def load_bytes(ref):
-        pos = r.tell()
-        f.seek(start + storages[ref.key].data_offset)
-        data = f.read(ref.numel * ref.stype.itemsize)
+    def fill(ref, buf):  # the pickle is read on from where it was
+        pos = f.tell()
+        f.seek(storages[ref.key].data_offset)
+        read_into(f, buf)
         f.seek(pos)
-        return data
 
-    reader = _Reader(r, True, load_bytes, not little)
+    reader = _Reader(r, True, fill, not little)
     obj = reader.load()
     if isinstance(obj, StorageRef):
         return Storage(reader._with_array(obj).array, obj.stype.name)

@@ -93,6 +93,9 @@ def test_dtypes_views_and_shared_storages(tmp_path, zipped):
     _same(readers.read_torch(path), mine)
     assert mine["bf16"].dtype == np.float32 and mine["transposed"].flags.c_contiguous
     np.testing.assert_array_equal(mine["slice"], base.numpy()[1:3, 2:5])
+    # writable, as the arrays of the torch path are; a partial view is copied out of its storage
+    assert all(a.flags.writeable for a in (mine["f32"], mine["slice"], mine["whole"], mine["i8"]))
+    assert not np.shares_memory(mine["whole"], mine["slice"])  # the slice is a copy of its view
 
 
 def test_big_endian_legacy_files(tmp_path):
