@@ -310,6 +310,24 @@ def check_opcodes(f, size: int, where: str = "pickle") -> None:
         f.seek(start)
 
 
+def pickle_length(f, end: int) -> int:
+    """The length of the pickle starting at ``f``'s position (through its STOP opcode), read
+    no further than ``end``; ``f`` is left where it was. (A legacy torch file's main pickle is
+    followed by other data: its memo indices are bounded by its own length.)"""
+    import pickletools
+
+    start = f.tell()
+    try:
+        for op, _, pos in pickletools.genops(BoundedFile(f, end)):
+            if op.name == "STOP":
+                return pos + 1 - start
+    except (ValueError, EOFError, UnicodeDecodeError) as e:
+        raise Malformed(f"main pickle: {str(e).splitlines()[0][:160] if str(e) else type(e).__name__}") from None
+    finally:
+        f.seek(start)
+    raise Malformed("main pickle: no STOP opcode before the end of the file")
+
+
 class _PlainScan(_BaseUnpickler):
     """An unpickler that allows no global at all (for the small headers of legacy files)."""
 
@@ -356,6 +374,7 @@ def check_legacy_torch(f, end: int) -> dict[str, StorageRef]:
     need(version == LEGACY_PROTOCOL, lambda: f"legacy torch protocol version {short(version)}")
     sys_info = _PlainScan(r).load()
     need(isinstance(sys_info, dict), "legacy torch system info")
+    check_opcodes(f, pickle_length(f, end), "main pickle")
     scan = TorchScan(r, legacy=True)
     scan.load()
     keys = _PlainScan(r).load()

@@ -744,6 +744,24 @@ def test_a_huge_memo_index_is_refused_before_the_unpickler_grows_its_memo(tmp_pa
     assert pickle.loads(b"\x80\x02}r\x01\x00\x00\x00.") == {}  # the same opcodes, a small index: fine
 
 
+def test_a_huge_memo_index_in_a_legacy_torch_file_is_refused(tmp_path):
+    """The same flipped LONG_BINPUT in the main pickle of a legacy (non-zip) torch.save file:
+    its memo indices are bounded by the main pickle's own length, not by the data after it."""
+    import pickle
+
+    from convert import _safety, readers
+    from panda_jax.errors import CheckpointError
+
+    head = b"".join(pickle.dumps(x, protocol=2) for x in (
+        _safety.LEGACY_MAGIC, _safety.LEGACY_PROTOCOL, {"protocol_version": 1001, "little_endian": True}))
+    main = b"\x80\x02}r\xff\xff\xff\x7f."  # EMPTY_DICT, LONG_BINPUT 2**31 - 1, STOP
+    path = _write(tmp_path / "memo.pt", head + main + pickle.dumps([], protocol=2) + b"\0" * 4096)
+    with pytest.raises(CheckpointError, match=r"memo index 2147483647 in a pickle of 9 bytes"):
+        readers.read(path)
+    ok = _write(tmp_path / "ok.pt", head + b"\x80\x02}r\x01\x00\x00\x00." + pickle.dumps([], protocol=2))
+    assert readers.read_torch(ok) == {}  # a small index: an empty state dict, read
+
+
 def test_factor_members_that_are_not_arrays_big_endian_or_empty(tmp_path):
     """factors_npz#36 (a member without the npy magic came back as bytes: AttributeError),
     #56 (a big-endian float array: TypeError from JAX), #333 (parts [10**9, 0]: JAX compiled
