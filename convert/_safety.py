@@ -31,7 +31,7 @@ import io
 import os
 import pickle
 import zipfile
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -362,11 +362,19 @@ class BoundedFile(io.RawIOBase):
         return self.f.readline(left if size is None or size < 0 else min(size, left))
 
 
-def check_legacy_torch(f, end: int) -> dict[str, StorageRef]:
+class LegacyLayout(NamedTuple):
+    """What :func:`check_legacy_torch` found: the declared storages (each with the offset of its
+    bytes, ``data_offset``), the byte order of those bytes, and where the main pickle starts."""
+
+    storages: dict
+    little_endian: bool
+    main_pickle: int
+
+
+def check_legacy_torch(f, end: int) -> LegacyLayout:
     """Check a legacy (non-zip) ``torch.save`` stream ``f`` (at its start, ``end`` bytes long):
     header pickles, the main pickle (:class:`TorchScan`), the storage key list, and that each
-    listed storage's length header matches its declaration and its bytes are all there.
-    Returns the declared storages."""
+    listed storage's length header matches its declaration and its bytes are all there."""
     r = BoundedFile(f, end)
     magic = _PlainScan(r).load()
     need(magic == LEGACY_MAGIC, "legacy torch header (magic number)")
@@ -374,6 +382,9 @@ def check_legacy_torch(f, end: int) -> dict[str, StorageRef]:
     need(version == LEGACY_PROTOCOL, lambda: f"legacy torch protocol version {short(version)}")
     sys_info = _PlainScan(r).load()
     need(isinstance(sys_info, dict), "legacy torch system info")
+    little = sys_info.get("little_endian", True)
+    need(isinstance(little, bool), "legacy torch system info (little_endian)")
+    main = f.tell()
     check_opcodes(f, pickle_length(f, end), "main pickle")
     scan = TorchScan(r, legacy=True)
     scan.load()
@@ -394,13 +405,20 @@ def check_legacy_torch(f, end: int) -> dict[str, StorageRef]:
         pos += 8 + ref.numel * ref.stype.itemsize
         need(pos <= end, lambda: f"storage {key!r}: the file ends before its data ({ref.numel} elements declared)")
     f.seek(0)
-    return scan.storages
+    return LegacyLayout(scan.storages, little, main)
 
 
-def check_torch_zip(path: str) -> tuple[str, dict[str, StorageRef]]:
+def damaged_member(name: str, error: Exception) -> Malformed:
+    """The refusal for a zip member whose bytes fail their CRC-32."""
+    return Malformed(f"zip member {name!r}: {error} (the file is damaged)")
+
+
+def check_torch_zip(path: str, storages_crc: bool = True) -> tuple[str, dict[str, StorageRef]]:
     """Check a zip-format ``torch.save`` file: its structure, every member's CRC-32, the
     pickle (:class:`TorchScan`) and the declared storages against the members. Returns the
-    archive folder name and the declared storages."""
+    archive folder name and the declared storages. ``storages_crc=False`` leaves the CRC-32s
+    of the ``data/`` members to a reader that reads them all anyway (zipfile checks each
+    member's CRC-32 as its last byte is read): the storage bytes are then read once, not twice."""
     size = os.path.getsize(path)
     try:
         zf = zipfile.ZipFile(path)
@@ -424,12 +442,14 @@ def check_torch_zip(path: str) -> tuple[str, dict[str, StorageRef]]:
             total += i.file_size
         need(total <= size, "zip members declared larger than the file")
         for i in infos:  # every byte against its CRC-32: a damaged file is refused, not converted
+            if not storages_crc and i.filename.startswith(f"{prefix}/data/"):
+                continue
             try:
                 with zf.open(i) as m:
                     while m.read(1 << 22):
                         pass
             except zipfile.BadZipFile as e:
-                raise Malformed(f"zip member {i.filename!r}: {e} (the file is damaged)") from None
+                raise damaged_member(i.filename, e) from None
         members = {i.filename: i for i in infos}
         pkl = zf.read(f"{prefix}/data.pkl")
         check_opcodes(io.BytesIO(pkl), len(pkl), "data.pkl")

@@ -164,8 +164,8 @@ def read_torch(path: str) -> Any:
     try:
         out = None
         try:  # no torch needed for what torch.save writes
-            if kind == "zip":
-                prefix, _ = _safety.check_torch_zip(path)
+            if kind == "zip":  # the storages' CRC-32s are checked as read_zip reads them
+                prefix, _ = _safety.check_torch_zip(path, storages_crc=False)
                 out = torchfree.read_zip(path, prefix)
             else:
                 with open(path, "rb") as f:
@@ -174,6 +174,8 @@ def read_torch(path: str) -> Any:
         except torchfree.NeedsTorch:
             out = None
         if out is None:
+            if kind == "zip":  # torch.load reads every member: check all their CRC-32s first
+                _safety.check_torch_zip(path)
             torch = _require_torch()
             with warnings.catch_warnings():  # protocol and storage deprecation notices
                 warnings.simplefilter("ignore")
@@ -439,16 +441,14 @@ def _torch_size(dims=()):
 
 
 def _storage_from_bytes(data=None):
-    """An embedded legacy ``torch.save(storage)``, checked by :func:`_safety.check_legacy_torch`
-    (declared sizes against the bytes present) and read without torch by
-    :func:`convert.torchfree.read_legacy`: a :class:`~convert.torchfree.Storage`."""
+    """An embedded legacy ``torch.save(storage)``, checked (declared sizes against the bytes
+    present) and read without torch by :func:`convert.torchfree.read_legacy`: a
+    :class:`~convert.torchfree.Storage`."""
     _need(isinstance(data, (bytes, bytearray)), "embedded tensor storage")
     import io
 
     _LOAD.get().charge(len(data), "embedded tensor storage")
-    try:
-        storages = _safety.check_legacy_torch(io.BytesIO(bytes(data)), len(data))
-        _need(len(storages) == 1, "embedded tensor storage (not exactly one storage)")
+    try:  # checks the stream (exactly one storage declared) and reads it
         storage = torchfree.read_legacy(io.BytesIO(bytes(data)), len(data))
     except _Refused as e:
         raise _Malformed(f"embedded tensor storage (it needs the global {e.name!r})") from None

@@ -177,7 +177,8 @@ def _leaf(o, path):
 def read_zip(path: str, prefix: str) -> Any:
     """The object a zip-format ``torch.save`` file at ``path`` holds, tensors as numpy arrays
     (bfloat16 as float32), containers as :func:`_safety.plain_tree` makes them. ``path`` must
-    have passed :func:`_safety.check_torch_zip`, which returned ``prefix``. Raises
+    have passed :func:`_safety.check_torch_zip`, which returned ``prefix`` (its CRC-32s of the
+    storages may be left to this reader: a damaged storage is refused as it is read). Raises
     :class:`NeedsTorch` for what only torch can rebuild, ``_safety.Refused`` or
     ``_safety.Malformed`` as the scan does."""
     with zipfile.ZipFile(path) as zf:
@@ -190,9 +191,13 @@ def read_zip(path: str, prefix: str) -> Any:
             big = text == "big"
         pkl = zf.read(f"{prefix}/data.pkl")
 
-        def fill(ref, buf):  # zipfile verifies the CRC-32 again on reaching the member's end
-            with zf.open(f"{prefix}/data/{ref.key}") as m:
-                read_into(m, buf)
+        def fill(ref, buf):  # zipfile checks the CRC-32 on reaching the member's end
+            name = f"{prefix}/data/{ref.key}"
+            try:
+                with zf.open(name) as m:
+                    read_into(m, buf)
+            except zipfile.BadZipFile as e:
+                raise _safety.damaged_member(name, e) from None
 
         obj = _Reader(io.BytesIO(pkl), False, fill, big).load()
     return _safety.plain_tree(obj, _leaf)
@@ -201,25 +206,22 @@ def read_zip(path: str, prefix: str) -> Any:
 def read_legacy(f, end: int) -> Any:
     """What a legacy ``torch.save`` stream ``f`` (from offset 0, ``end`` bytes long) holds, as
     :func:`read_zip` gives it; a lone storage (``torch.save(storage)``, as NVlabs pickles embed
-    them) comes back as a :class:`Storage`. The stream is checked first by
-    :func:`_safety.check_legacy_torch` (which records where each storage's bytes lie)."""
+    them; then it must be the only one declared) comes back as a :class:`Storage`. The stream
+    is checked first by :func:`_safety.check_legacy_torch`, whose layout says where the main
+    pickle and each storage's bytes lie and in which byte order."""
     f.seek(0)
-    storages = _safety.check_legacy_torch(f, end)  # records absolute offsets; leaves f at 0
-    r = _safety.BoundedFile(f, end)
-    for _ in range(2):  # magic number, protocol version: checked
-        _safety._PlainScan(r).load()
-    sys_info = _safety._PlainScan(r).load()
-    little = sys_info.get("little_endian", True)
-    need(isinstance(little, bool), "legacy torch system info (little_endian)")
+    layout = _safety.check_legacy_torch(f, end)
+    f.seek(layout.main_pickle)
 
     def fill(ref, buf):  # the pickle is read on from where it was
         pos = f.tell()
-        f.seek(storages[ref.key].data_offset)
+        f.seek(layout.storages[ref.key].data_offset)
         read_into(f, buf)
         f.seek(pos)
 
-    reader = _Reader(r, True, fill, not little)
+    reader = _Reader(_safety.BoundedFile(f, end), True, fill, not layout.little_endian)
     obj = reader.load()
     if isinstance(obj, StorageRef):
+        need(len(layout.storages) == 1, "a lone storage, but not exactly one storage declared")
         return Storage(reader._with_array(obj).array, obj.stype.name)
     return _safety.plain_tree(obj, _leaf)
