@@ -54,7 +54,9 @@ def check_features(features, name: str = "features") -> jax.Array:
 
 
 def flatten(features) -> jax.Array:
-    """``[N, H, W, C]`` -> ``[N, S, C]`` with ``s = h * W + w``."""
+    """``[N, H, W, C]`` -> ``[N, S, C]`` with ``s = h * W + w`` (``[N, S, C]`` is returned as it is)."""
+    if features.ndim == 3:
+        return features
     N, H, W, C = features.shape
     return features.reshape(N, H * W, C)
 
@@ -82,7 +84,7 @@ def naive_loss(features, A, P):
 
 def to_columns(Zf):
     """``[N, S, C]`` (or ``[N, H, W, C]``) -> ``Zt = [S, N*C]``."""
-    Zf = flatten(Zf) if Zf.ndim == 4 else Zf
+    Zf = flatten(Zf)
     N, S, C = Zf.shape
     return jnp.transpose(Zf, (1, 0, 2)).reshape(S, N * C)
 
@@ -90,7 +92,7 @@ def to_columns(Zf):
 def to_rows(Zf):
     """``[N, S, C]`` (or ``[N, H, W, C]``) -> ``Zc = [N*C, S]`` (row ``n*C + c``): the parts pass's
     fast layout on the CPU."""
-    Zf = flatten(Zf) if Zf.ndim == 4 else Zf
+    Zf = flatten(Zf)
     N, S, C = Zf.shape
     return jnp.transpose(Zf, (0, 2, 1)).reshape(N * C, S)
 
@@ -644,7 +646,7 @@ def _columns_put(Zf):
     mesh = _data_mesh()
     if mesh is None:
         return _to_columns(Zf), None
-    Zf = flatten(Zf) if Zf.ndim == 4 else Zf
+    Zf = flatten(Zf)
     N, S, C = Zf.shape
     D = mesh.size
     pad = (-N) % D
@@ -793,7 +795,7 @@ def fit(
             # host scalars, transferred (no program to load); the state gets buffers of its own (donated)
             put = jax.device_put if mesh is None else (lambda v: _put_replicated(v, mesh))
             lr_np = np.asarray(lr_v, Zt.dtype)
-            caps = (put(lr_np), put(lr_np))
+            caps = (put(lr_np),) * 2  # read only
             state = PGDState(A, P, X, put(lr_np), put(lr_np))
 
         def run(state, done, n, constants):
