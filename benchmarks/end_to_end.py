@@ -48,9 +48,10 @@ def _cli():
 
 def panda_run(plan: dict, cache: str, out: str) -> dict:
     """One ``panda-jax fit`` in a new process; seconds from launch to exit."""
-    cmd = _cli() + ["fit", "default", "--layer", str(plan["layer"]), "--ranks", *map(str, plan["ranks"]),
-                    "--samples", str(plan["samples"]), "--steps", str(plan["steps"]), "--lr", str(plan["lr"]),
-                    "--seed", "0", "--out", out, "-q", "--timings"]
+    args = ["fit", "default", "--layer", str(plan["layer"]), "--ranks", *map(str, plan["ranks"]),
+            "--samples", str(plan["samples"]), "--steps", str(plan["steps"]), "--lr", str(plan["lr"]),
+            "--seed", "0", "--out", out, "-q"]
+    cmd = _cli() + args + ["--timings"]
     t = time.perf_counter()
     p = subprocess.run(cmd, cwd=ROOT, env=_env({"PANDA_JAX_CACHE": cache}), capture_output=True, text=True,
                        timeout=1800)
@@ -65,7 +66,7 @@ def panda_run(plan: dict, cache: str, out: str) -> dict:
     # What the command does not time itself: starting Python, importing panda-jax and JAX, exiting.
     phases["startup_and_exit_s"] = wall - sum(phases[k] for k in ("model_s", "features_s", "fit_s", "write_s"))
     return {"process_wall_s": wall, "phases": phases,
-            "command": " ".join(["panda-jax"] + cmd[len(_cli()):]).replace(" --timings", "")}
+            "command": " ".join(["panda-jax"] + args)}
 
 
 def original_run(plan: dict) -> dict:

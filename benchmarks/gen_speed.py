@@ -21,10 +21,10 @@ import convert
 import ported_gens
 
 from .common import machine, time_jax
+from .generators import TESTVECTORS, checkpoint
 from .report import g
 
 SECTION = "## Generators: images per second (`python -m benchmarks.gen_speed`)"
-from .generators import TESTVECTORS, checkpoint
 
 MODELS = {
     # name: (source: 'dcgan' or a path under the test vectors, layer to render from)
