@@ -82,6 +82,19 @@ def test_quick_run_writes_json_with_every_section(quick_run):
     for run in (e2e["panda_jax_first_run"], e2e["panda_jax_cached_run"]):  # the --timings phases, parsed
         ph = run["phases"]
         assert ph["steps"] == 10 and 0 < ph["steps_s"] <= ph["fit_s"] and ph["model_s"] > 0 and ph["startup_and_exit_s"] > 0
+        assert run["runs_wall_s"] == [run["process_wall_s"]]  # quick mode: one run of each kind
+
+
+def test_end_to_end_reports_the_median_run_and_the_range():
+    from benchmarks.end_to_end import median_run
+    from benchmarks.report import _wall
+
+    runs = [{"process_wall_s": w, "id": i} for i, w in enumerate([5.3, 4.9, 6.1])]
+    m = median_run(runs)
+    assert m["id"] == 0 and m["runs_wall_s"] == [5.3, 4.9, 6.1]  # launch order kept
+    assert median_run(runs[:2])["id"] == 1  # even count: the lower middle
+    assert _wall(m) == "5.3 s (4.9 s to 6.1 s)"
+    assert _wall(median_run(runs[:1])) == "5.3 s"
 
 
 def test_quick_run_writes_plots_and_report(quick_run):
