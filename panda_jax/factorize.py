@@ -516,18 +516,22 @@ def block_curvatures(Zt, A, iters: int = 30):
     """Power-iteration (features as ``Zt = [S, N*C]``, see :func:`to_columns`) estimates of the two blocks' curvature scales:
     ``lam_S = ||sum_i Z_i^T A A^T Z_i||_2`` (parts) and ``lam_C = ||sum_i Z_i Z_i^T||_2``
     (appearances; parts with unit columns). Reads the features ``2 * iters`` times; no
-    ``S x S`` or ``C x C`` matrix is formed."""
+    ``S x S`` or ``C x C`` matrix is formed, and no copy of the features: the two products that
+    sum over the features' leading axis are written as broadcast multiply-and-sum, one fused read
+    each (as dots, XLA's CPU backend first transposed the features, twice their size in
+    temporaries)."""
     S, NC = Zt.shape
     C = A.shape[0]
     N = NC // C
+    Zr = Zt.reshape(S * N, C)  # row (s, n) is position s of sample n
 
     def op_s(v):
-        t = (v @ Zt).reshape(N, C)
+        t = jnp.sum(v[:, None] * Zt, axis=0).reshape(N, C)  # t[n] = Z_n v
         return Zt @ ((t @ A) @ A.T).reshape(NC)
 
     def op_c(v):
-        u = (Zt.reshape(S * N, C) @ v).reshape(S, N)  # u[s, n] = (Z_n v)_s
-        return jnp.einsum("sn,snc->c", u, Zt.reshape(S, N, C))
+        u = Zr @ v  # u[(s, n)] = (Z_n^T v)_s
+        return jnp.sum(u[:, None] * Zr, axis=0)
 
     def power(op, n):
         v = jnp.ones((n,), Zt.dtype) / jnp.sqrt(n)
