@@ -33,7 +33,7 @@ from .loop import FitInterrupted, FitResult
 from .localize import localize, remove_background, resize_maps, saliency
 from .metrics import part_stats, reconstruction_error, roir, swd
 from .refine import refine
-from . import directions  # noqa: E402  (the baselines: SeFa, GANSpace, ReSeFa)
+from . import directions  # noqa: E402, F401  (the baselines: SeFa, GANSpace, ReSeFa)
 
 __version__ = "0.1.0"
 
