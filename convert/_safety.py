@@ -290,42 +290,29 @@ class TorchScan(_BaseUnpickler):
 _MEMO_OPS = frozenset(("PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"))
 
 
-def check_opcodes(f, size: int, where: str = "pickle") -> None:
-    """Walk the opcodes of the pickle in ``f`` (``size`` bytes) without building anything and
-    refuse memo indices no pickle of that size can have: CPython's unpickler grows its memo
-    table to twice the largest index, so one flipped ``LONG_BINPUT`` argument asked for tens of
-    gigabytes. ``f`` is left where it was."""
+def check_opcodes(f, size: int, where: str = "pickle") -> int:
+    """Walk the opcodes of the pickle at ``f``'s position (read no further than ``size`` bytes)
+    through its STOP without building anything, and refuse memo indices no pickle of its length
+    can have: CPython's unpickler grows its memo table to twice the largest index, so one flipped
+    ``LONG_BINPUT`` argument asked for tens of gigabytes. Returns the pickle's length (a legacy
+    torch file's main pickle is followed by other data); ``f`` is left where it was."""
     import pickletools
 
     start = f.tell()
+    largest = -1
     try:
-        for op, arg, _ in pickletools.genops(BoundedFile(f, start + size)):
+        for op, arg, pos in pickletools.genops(BoundedFile(f, start + size)):
             if op.name in _MEMO_OPS:
-                need(is_int(arg) and 0 <= arg <= size, lambda: f"{where}: memo index {short(arg)} in a pickle of {size} bytes")
+                need(is_int(arg) and arg >= 0, lambda: f"{where}: memo index {short(arg)}")
+                largest = max(largest, arg)
             if op.name == "STOP":
-                break
-    except (ValueError, EOFError, UnicodeDecodeError) as e:  # genops: malformed opcodes or arguments
+                length = pos + 1 - start
+                need(largest <= length, lambda: f"{where}: memo index {largest} in a pickle of {length} bytes")
+                return length
+    except (ValueError, EOFError, UnicodeDecodeError) as e:  # genops: malformed, or no STOP before the end
         raise Malformed(f"{where}: {str(e).splitlines()[0][:160] if str(e) else type(e).__name__}") from None
     finally:
         f.seek(start)
-
-
-def pickle_length(f, end: int) -> int:
-    """The length of the pickle starting at ``f``'s position (through its STOP opcode), read
-    no further than ``end``; ``f`` is left where it was. (A legacy torch file's main pickle is
-    followed by other data: its memo indices are bounded by its own length.)"""
-    import pickletools
-
-    start = f.tell()
-    try:
-        for op, _, pos in pickletools.genops(BoundedFile(f, end)):
-            if op.name == "STOP":
-                return pos + 1 - start
-    except (ValueError, EOFError, UnicodeDecodeError) as e:
-        raise Malformed(f"main pickle: {str(e).splitlines()[0][:160] if str(e) else type(e).__name__}") from None
-    finally:
-        f.seek(start)
-    raise Malformed("main pickle: no STOP opcode before the end of the file")
 
 
 class _PlainScan(_BaseUnpickler):
@@ -385,7 +372,7 @@ def check_legacy_torch(f, end: int) -> LegacyLayout:
     little = sys_info.get("little_endian", True)
     need(isinstance(little, bool), "legacy torch system info (little_endian)")
     main = f.tell()
-    check_opcodes(f, pickle_length(f, end), "main pickle")
+    check_opcodes(f, end - main, "main pickle")
     scan = TorchScan(r, legacy=True)
     scan.load()
     keys = _PlainScan(r).load()
