@@ -363,11 +363,16 @@ def check_legacy_torch(f, end: int) -> LegacyLayout:
     header pickles, the main pickle (:class:`TorchScan`), the storage key list, and that each
     listed storage's length header matches its declaration and its bytes are all there."""
     r = BoundedFile(f, end)
-    magic = _PlainScan(r).load()
+
+    def plain(where):  # a small pickle of plain data, its memo indices checked before it is loaded
+        check_opcodes(f, end - f.tell(), where)
+        return _PlainScan(r).load()
+
+    magic = plain("legacy torch header")
     need(magic == LEGACY_MAGIC, "legacy torch header (magic number)")
-    version = _PlainScan(r).load()
+    version = plain("legacy torch header")
     need(version == LEGACY_PROTOCOL, lambda: f"legacy torch protocol version {short(version)}")
-    sys_info = _PlainScan(r).load()
+    sys_info = plain("legacy torch system info")
     need(isinstance(sys_info, dict), "legacy torch system info")
     little = sys_info.get("little_endian", True)
     need(isinstance(little, bool), "legacy torch system info (little_endian)")
@@ -375,7 +380,7 @@ def check_legacy_torch(f, end: int) -> LegacyLayout:
     check_opcodes(f, end - main, "main pickle")
     scan = TorchScan(r, legacy=True)
     scan.load()
-    keys = _PlainScan(r).load()
+    keys = plain("legacy torch storage key list")
     need(isinstance(keys, list) and all(isinstance(k, str) for k in keys), "legacy torch storage key list")
     need(len(set(keys)) == len(keys), "legacy torch storage key list with repeated keys")
     need(set(keys) == set(scan.storages), lambda: (

@@ -760,6 +760,15 @@ def test_a_huge_memo_index_in_a_legacy_torch_file_is_refused(tmp_path):
         readers.read(path)
     ok = _write(tmp_path / "ok.pt", head + b"\x80\x02}r\x01\x00\x00\x00." + pickle.dumps([], protocol=2))
     assert readers.read_torch(ok) == {}  # a small index: an empty state dict, read
+    # The header's system info and the storage key list after the main pickle are pickles too.
+    magic = b"".join(pickle.dumps(x, protocol=2) for x in (_safety.LEGACY_MAGIC, _safety.LEGACY_PROTOCOL))
+    bad_info = _write(tmp_path / "info.pt", magic + main + pickle.dumps({}, protocol=2)
+                      + pickle.dumps([], protocol=2))
+    with pytest.raises(CheckpointError, match=r"legacy torch system info: memo index 2147483647 in a pickle of 9"):
+        readers.read(bad_info)
+    bad_keys = _write(tmp_path / "keys.pt", head + pickle.dumps({}, protocol=2) + b"\x80\x02]r\xff\xff\xff\x7f.")
+    with pytest.raises(CheckpointError, match=r"storage key list: memo index 2147483647 in a pickle of 9"):
+        readers.read(bad_keys)
 
 
 def test_factor_members_that_are_not_arrays_big_endian_or_empty(tmp_path):
